@@ -1,0 +1,29 @@
+"""Install with `pip install -e .`; extras: `test` (pytest + parity references), `torch`."""
+import setuptools
+
+setuptools.setup(
+    name="efficientsam_jax",
+    version="0.1.0",
+    description="SAMI pretraining, EfficientSAM finetuning and inference in JAX/Flax.",
+    packages=setuptools.find_packages(include=["efficientsam_jax", "efficientsam_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.9",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # torch is only for conversion and parity tests; install exactly the pinned CPU build
+        # through constraints.txt (`pip install -e .[test] -c constraints.txt`).
+        "torch": ["torch"],
+        "test": ["pytest>=8", "torch", "segment-anything==1.0"],
+    },
+)
