@@ -1,0 +1,123 @@
+"""The SAMI student: a ViT encoder on the kept tokens, a decoder that reconstructs every token,
+and a linear head to the teacher's feature width.
+
+The encoder is `vit.ImageEncoder` under the name `image_encoder`, the same name and layout the
+EfficientSAM checkpoints use, so a pretrained encoder drops into EfficientSAM by copying one
+subtree. Decoder names follow MAE (`decoder_embed`, `mask_token`, `decoder_blocks_N`,
+`decoder_norm`, `decoder_pred`).
+
+Two decoders:
+- "cross" (SAMI): queries are the masked positions only (mask token + position); keys and
+  values are the projected kept tokens together with the current masked-token features.
+  After the blocks the masked outputs and the projected kept tokens are merged in token order.
+- "all" (MAE, ablation): self-attention blocks over the full sequence.
+"""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efficientsam_jax import masking
+from efficientsam_jax.models import vit
+
+DECODER_KINDS = ("cross", "all")
+DECODER_LN_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  kind: str = "cross"
+  width: int = 512
+  depth: int = 8
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+
+
+class CrossAttention(nn.Module):
+  """Queries (B, M, E) attend to context (B, K, E): returns (B, M, E)."""
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, context):
+    b, m, e = queries.shape
+    head_dim = e // self.num_heads
+    q = nn.Dense(e, dtype=self.dtype, name="q")(queries).reshape(b, m, self.num_heads, head_dim)
+    kv = nn.Dense(2 * e, dtype=self.dtype, name="kv")(context)
+    kv = kv.reshape(b, context.shape[1], 2, self.num_heads, head_dim)
+    out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], scale=head_dim**-0.5)
+    return nn.Dense(e, dtype=self.dtype, name="proj")(out.reshape(b, m, e))
+
+
+class CrossAttentionBlock(nn.Module):
+  """Pre-norm block: masked queries (B, M, E) attend to [kept (B, K, E); queries]."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, kept):
+    norm = lambda name: nn.LayerNorm(epsilon=DECODER_LN_EPS, dtype=self.dtype, name=name)
+    q = norm("norm1")(queries)
+    context = jnp.concatenate([norm("norm_context")(kept), q], axis=1)
+    queries = queries + CrossAttention(self.num_heads, self.dtype, name="attn")(q, context)
+    hidden = int(queries.shape[-1] * self.mlp_ratio)
+    return queries + vit.Mlp(hidden, self.dtype, name="mlp")(norm("norm2")(queries))
+
+
+class SAMI(nn.Module):
+  """images (B, S, S, 3) + masking ids -> predicted teacher features (B, N, target_dim)."""
+  encoder: vit.ViTConfig
+  decoder: DecoderConfig
+  target_dim: int = 256
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.decoder.kind not in DECODER_KINDS:
+      raise ValueError(f"unknown decoder kind {self.decoder.kind!r}; known: {DECODER_KINDS}")
+    d = self.decoder
+    self.image_encoder = vit.ImageEncoder(dataclasses.replace(self.encoder, neck_channels=0),
+                                          self.dtype)
+    self.decoder_embed = nn.Dense(d.width, dtype=self.dtype)
+    self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, d.width))
+    if d.kind == "cross":
+      self.decoder_blocks = [CrossAttentionBlock(d.num_heads, d.mlp_ratio, self.dtype)
+                             for _ in range(d.depth)]
+    else:
+      self.decoder_blocks = [vit.Block(d.num_heads, d.mlp_ratio, DECODER_LN_EPS, self.dtype)
+                             for _ in range(d.depth)]
+    self.decoder_norm = nn.LayerNorm(epsilon=DECODER_LN_EPS, dtype=self.dtype)
+    self.decoder_pred = nn.Dense(self.target_dim, dtype=self.dtype)
+
+  def __call__(self, images, ids_keep, ids_masked, ids_restore):
+    """
+    Args:
+      images: (B, S, S, 3) normalised.
+      ids_keep (B, K), ids_masked (B, M), ids_restore (B, N): from masking.random_masking.
+    Returns: (B, N, target_dim) predictions in token (row-major grid) order.
+    """
+    tokens = self.image_encoder.embed(images)
+    b, gh, gw, e = tokens.shape
+    tokens = tokens.reshape(b, gh * gw, e)
+    kept = self.image_encoder.run_blocks(masking.gather_tokens(tokens, ids_keep))
+
+    # Fixed 2-D sin-cos positions for the decoder, as MAE (not learned).
+    grid_pos = jnp.asarray(vit.sincos_pos_table(self.decoder.width, gh)[:, 1:], self.dtype)
+    if gh != gw:
+      raise ValueError(f"SAMI expects square images, got a {gh}x{gw} token grid")
+    grid_pos = jnp.broadcast_to(grid_pos, (b,) + grid_pos.shape[1:])
+    kept = self.decoder_embed(kept) + masking.gather_tokens(grid_pos, ids_keep)
+    queries = self.mask_token.astype(self.dtype) + masking.gather_tokens(grid_pos, ids_masked)
+
+    if self.decoder.kind == "cross":
+      if queries.shape[1]:  # mask ratio 0 (plain distillation) has no queries
+        for block in self.decoder_blocks:
+          queries = block(queries, kept)
+      merged = jnp.concatenate([kept, queries], axis=1)
+      full = jnp.take_along_axis(merged, ids_restore[..., None], axis=1)
+    else:
+      merged = jnp.concatenate([kept, queries], axis=1)
+      full = vit.apply_sequential(
+          self.decoder_blocks, jnp.take_along_axis(merged, ids_restore[..., None], axis=1))
+    return self.decoder_pred(self.decoder_norm(full))
