@@ -1,0 +1,58 @@
+"""Input pipelines. grain lives only in this package; nothing outside it imports grain.
+
+Public API:
+  make_train_iterator(config, *, process_index=None, process_count=None) -> grain iterator of
+      {"image": float32 (B_local, S, S, 3), "valid": int32 (B_local,)}; checkpointable.
+  num_examples(config) -> records in the source (all hosts), for epochs -> steps.
+  default_data_config() -> ml_collections.ConfigDict with every `config.data` field below.
+  DataError: one-line, user-fixable data problem (missing dataset, empty folder, bad field).
+  Sources (DemoImageSource, ImageFolderSource, TfdsImageSource) and the numpy transforms
+  (efficientsam_jax.data.transforms) for tests and tools.
+
+Config read by make_train_iterator: top-level `seed` (shuffle and augmentation),
+`batch_size` (global; divided by the host count), and `config.data`:
+  source: "demo" | "folder" | "tfds".
+  path: folder of *.jpg/*.jpeg/*.png, any nesting (source="folder").
+  tfds_name, tfds_data_dir, split: TFDS dataset prepared as array_record (source="tfds");
+      default "imagenet2012", "" (= TFDS's default dir), "train".
+  num_demo_images, demo_seed: size and content of the built-in synthetic set (source="demo").
+  image_size: S, output side in pixels (224 for SAMI).
+  crop: "random_resized" (torchvision RandomResizedCrop, bicubic) | "center" (largest centred
+      square resized to S; deterministic, for a teacher-feature cache with flip=False).
+  min_scale: lower end of the crop area range (upper is 1.0); 0.2 for SAMI.
+  flip: random horizontal flip with p=0.5.
+  worker_count: grain worker processes; 0 = decode in this process.
+  read_threads: threads per process preparing batches in parallel.
+  prefetch_buffer_size: batches buffered per process (each is B_local*S*S*3*4 bytes).
+Unreadable images become all-zero images with valid=0 (count them; weight them out).
+"""
+import ml_collections
+
+from efficientsam_jax.data.pipeline import make_source
+from efficientsam_jax.data.pipeline import make_train_dataset
+from efficientsam_jax.data.pipeline import make_train_iterator
+from efficientsam_jax.data.pipeline import num_examples
+from efficientsam_jax.data.sources import DataError
+from efficientsam_jax.data.sources import DemoImageSource
+from efficientsam_jax.data.sources import ImageFolderSource
+from efficientsam_jax.data.sources import TfdsImageSource
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """`config.data` for SAMI pretraining on ImageNet-1K train; configs override what differs."""
+  return ml_collections.ConfigDict(dict(
+      source="tfds",
+      path="",
+      tfds_name="imagenet2012",
+      tfds_data_dir="",
+      split="train",
+      num_demo_images=256,
+      demo_seed=0,
+      image_size=224,
+      crop="random_resized",
+      min_scale=0.2,
+      flip=True,
+      worker_count=0,
+      read_threads=2,
+      prefetch_buffer_size=2,
+  ))

@@ -1,0 +1,142 @@
+"""The SAMI training input pipeline on grain: source -> host shard -> shuffle -> repeat ->
+augment -> batch -> (threads | worker processes).
+
+The batch stream is a pure function of (config, process_index, process_count): the shuffle is
+seeded with `config.seed` (reshuffled every epoch), and every record's augmentation draws from
+an RNG grain seeds with (augmentation seed, record position). Batching happens before the
+data leaves the MapDataset stage, so worker processes split whole batches and the stream does
+not depend on `worker_count`; the iterator state (`get_state`/`set_state`, or Orbax via
+`grain.checkpoint.CheckpointSave/CheckpointRestore`) is a position, so resuming replays
+exactly the batches an uninterrupted run would have produced.
+"""
+from typing import Optional
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from efficientsam_jax.data import sources
+from efficientsam_jax.data import transforms
+
+
+class SamiAugment(grain.transforms.RandomMap):
+  """grain RandomMap wrapping `transforms.preprocess`: record -> {"image", "valid"}."""
+
+  def __init__(self, image_size: int, crop: str, min_scale: float, flip: bool):
+    if crop not in ("random_resized", "center"):
+      raise sources.DataError(
+          f"data.crop must be 'random_resized' or 'center', got {crop!r}")
+    if not 0.0 < min_scale <= 1.0:
+      raise sources.DataError(f"data.min_scale must be in (0, 1], got {min_scale}")
+    self.image_size, self.crop, self.min_scale, self.flip = image_size, crop, min_scale, flip
+
+  def random_map(self, element, rng: np.random.Generator):
+    """Record (bytes or uint8 (H, W, 3)) -> image float32 (S, S, 3), valid int32 ()."""
+    return transforms.preprocess(
+        element, rng, image_size=self.image_size, crop=self.crop,
+        min_scale=self.min_scale, flip=self.flip)
+
+
+def make_source(data_config):
+  """The random-access source `data_config.source` names (see the package docstring)."""
+  kind = data_config.source
+  if kind == "demo":
+    return sources.DemoImageSource(data_config.num_demo_images, seed=data_config.demo_seed)
+  if kind == "folder":
+    if not data_config.path:
+      raise sources.DataError("data.source='folder' needs data.path (a folder of images)")
+    return sources.ImageFolderSource(data_config.path)
+  if kind == "tfds":
+    return sources.TfdsImageSource(
+        data_config.tfds_name, data_config.split, data_config.tfds_data_dir or None)
+  raise sources.DataError(f"data.source must be 'demo', 'folder' or 'tfds', got {kind!r}")
+
+
+def num_examples(config) -> int:
+  """Records in the whole source (all hosts together): steps per epoch = this // batch_size."""
+  return len(make_source(config.data))
+
+
+def _host_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise sources.DataError(
+        f"batch_size {batch_size} is not divisible by the {process_count} hosts")
+  return batch_size // process_count
+
+
+def _augment_seed(seed: int, process_index: int) -> int:
+  """A 32-bit augmentation seed per host.
+
+  grain seeds each record's RNG with (op seed, position in this host's stream); the position
+  restarts at 0 on every host, so without the host index in the seed, hosts would draw
+  identical crop boxes at the same step.
+  """
+  return int(np.random.SeedSequence([seed, 1, process_index]).generate_state(1)[0])
+
+
+def _ensure_absl_flags_parsed():
+  """Lets grain read its absl flags when called from a program that never ran `app.run`.
+
+  grain reads flags (e.g. debug mode) when it starts worker processes; unparsed flags raise
+  UnparsedFlagAccessError. Parsing with only the program name sets every flag to its default
+  and leaves a real absl program's already-parsed flags alone.
+  """
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS(["efficientsam_jax"], known_only=True)
+
+
+def make_train_dataset(config, *, process_index: int, process_count: int) -> grain.IterDataset:
+  """The per-host infinite stream of batches as a grain IterDataset (see make_train_iterator)."""
+  data = config.data
+  host_batch = _host_batch_size(config.batch_size, process_count)
+  if not 0 <= process_index < process_count:
+    raise sources.DataError(f"process_index {process_index} not in [0, {process_count})")
+  source = make_source(data)
+  if len(source) < process_count:
+    raise sources.DataError(
+        f"{len(source)} records cannot be shared among {process_count} hosts")
+  seed = int(config.seed) % 2**32
+  ds = grain.MapDataset.source(source)
+  # Strided host shards: disjoint, and their sizes differ by at most one record.
+  ds = ds[process_index::process_count]
+  # shuffle before repeat: grain's shuffle folds the epoch (index // len) into its seed, so an
+  # infinite repeat reshuffles every epoch.
+  ds = ds.shuffle(seed=seed).repeat(None)
+  ds = ds.random_map(
+      SamiAugment(data.image_size, data.crop, data.min_scale, data.flip),
+      seed=_augment_seed(seed, process_index))
+  ds = ds.batch(host_batch, drop_remainder=True)
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_buffer_size))
+  if data.worker_count > 0:
+    _ensure_absl_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=data.worker_count, per_worker_buffer_size=data.prefetch_buffer_size))
+  return ds
+
+
+def make_train_iterator(
+    config,
+    *,
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+) -> grain.DatasetIterator:
+  """Infinite, checkpointable iterator of this host's batches.
+
+  Each `next(it)` is {"image": float32 (B_local, S, S, 3), "valid": int32 (B_local,)} with
+  B_local = config.batch_size // process_count and S = config.data.image_size. The iterator
+  supports `get_state()` / `set_state(state)` and grain's Orbax args
+  (`grain.checkpoint.CheckpointSave(it)`, `CheckpointRestore(it)`). Call `it.close()` when done
+  if worker_count > 0, to stop the worker processes promptly.
+
+  Args:
+    config: ConfigDict with `seed`, `batch_size` (global) and `data` (see package docstring).
+    process_index, process_count: this host and the host count; default to JAX's.
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  ds = make_train_dataset(config, process_index=process_index, process_count=process_count)
+  return iter(ds)

@@ -1,0 +1,142 @@
+"""SAMI augmentation as pure numpy functions: decode, crop box, crop+resize, flip, normalise.
+
+Nothing here knows about grain: randomness arrives as an explicit `np.random.Generator`, so each
+function is tested with plain arrays and the pipeline stays a pure function of (seed, position).
+Images are HWC, RGB. Boxes are `(top, left, height, width)` in integer pixels, as torchvision's.
+"""
+import io
+import math
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+DEFAULT_SCALE = (0.2, 1.0)  # SAMI/MAE random-resized-crop area range
+DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+Box = tuple[int, int, int, int]  # (top, left, height, width)
+
+
+def decode_image(record: Union[bytes, np.ndarray]) -> Union[np.ndarray, None]:
+  """Encoded bytes (JPEG/PNG/...) or an array -> uint8 (H, W, 3) RGB, or None if unreadable.
+
+  An array record (the demo source) passes through: uint8 (H, W, 3) is returned as is, (H, W)
+  is broadcast to 3 channels. Corrupt or truncated bytes return None rather than raising,
+  because one bad file must not end a week-long run; the caller marks the example invalid.
+  """
+  if isinstance(record, np.ndarray):
+    image = record if record.ndim == 3 else np.repeat(record[..., None], 3, axis=-1)
+    return np.asarray(image, np.uint8)
+  try:
+    with Image.open(io.BytesIO(record)) as pil:
+      # convert() forces the full decode, so truncation surfaces here and not later.
+      image = np.asarray(pil.convert("RGB"), np.uint8)
+  except Exception:  # pylint: disable=broad-except
+    # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError... for bad input;
+    # all of them mean "this record has no usable image".
+    return None
+  if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+    return None
+  return image
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = DEFAULT_SCALE,
+    ratio: tuple[float, float] = DEFAULT_RATIO,
+) -> Box:
+  """torchvision's RandomResizedCrop box for an image of (height, width).
+
+  Ten tries to draw an area fraction in `scale` and a log-uniform aspect ratio in `ratio` that
+  fit inside the image; otherwise the largest centred box whose aspect ratio is clamped to
+  `ratio`. Returns (top, left, crop_height, crop_width), always inside the image.
+  """
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    crop_w = int(round(math.sqrt(target_area * aspect)))
+    crop_h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < crop_w <= width and 0 < crop_h <= height:
+      top = int(rng.integers(0, height - crop_h + 1))
+      left = int(rng.integers(0, width - crop_w + 1))
+      return top, left, crop_h, crop_w
+  # Fallback: whole image, with its aspect ratio clamped into `ratio`, centred.
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    crop_w = width
+    crop_h = int(round(crop_w / min(ratio)))
+  elif in_ratio > max(ratio):
+    crop_h = height
+    crop_w = int(round(crop_h * max(ratio)))
+  else:
+    crop_w, crop_h = width, height
+  return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def center_crop_box(height: int, width: int) -> Box:
+  """The largest centred square: the same view as `Resize(S)` then `CenterCrop(S)`."""
+  side = min(height, width)
+  return (height - side) // 2, (width - side) // 2, side, side
+
+
+def crop_and_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
+  """Crops `box` from uint8 (H, W, 3) and resizes to uint8 (size, size, 3), PIL bicubic.
+
+  Crop first, then resize (not PIL's `resize(box=...)`), as torchvision does, so the filter
+  never reads pixels outside the box.
+  """
+  top, left, crop_h, crop_w = box
+  crop = image[top:top + crop_h, left:left + crop_w]
+  if crop.shape[:2] == (size, size):
+    return np.ascontiguousarray(crop)
+  resized = Image.fromarray(np.ascontiguousarray(crop)).resize(
+      (size, size), Image.Resampling.BICUBIC)
+  return np.asarray(resized, np.uint8)
+
+
+def horizontal_flip(image: np.ndarray) -> np.ndarray:
+  """Mirrors (H, W, C) left-right."""
+  return image[:, ::-1]
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3) -> float32 (H, W, 3): pixels to [0, 1], then ImageNet mean/std."""
+  return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def preprocess(
+    record: Union[bytes, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    image_size: int,
+    crop: str = "random_resized",
+    min_scale: float = DEFAULT_SCALE[0],
+    flip: bool = True,
+) -> dict[str, np.ndarray]:
+  """One record -> {"image": float32 (image_size, image_size, 3), "valid": int32 ()}.
+
+  crop: "random_resized" (SAMI training) or "center" (deterministic; pair with flip=False for a
+  view that a teacher-feature cache can reproduce). An unreadable record gives an all-zero
+  image and valid=0, so batches keep static shapes and the trainer can weight it out.
+  """
+  image = decode_image(record)
+  if image is None:
+    return {"image": np.zeros((image_size, image_size, 3), np.float32),
+            "valid": np.int32(0)}
+  height, width = image.shape[:2]
+  if crop == "random_resized":
+    box = random_resized_crop_box(height, width, rng, scale=(min_scale, 1.0))
+  elif crop == "center":
+    box = center_crop_box(height, width)
+  else:
+    raise ValueError(f"unknown crop mode {crop!r}; expected 'random_resized' or 'center'")
+  image = crop_and_resize(image, box, image_size)
+  if flip and rng.uniform() < 0.5:
+    image = horizontal_flip(image)
+  return {"image": normalize(image), "valid": np.int32(1)}
