@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from efficientsam_jax import data
+
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 
@@ -42,25 +44,21 @@ class TrainCheckpoints:
 
   def save(self, step: int, params, opt_state, data_iterator=None) -> None:
     """Starts saving (returns before the write ends when asynchronous)."""
-    import grain  # local import: grain lives in efficientsam_jax.data otherwise
-
     items = dict(params=ocp.args.StandardSave(params),
                  opt_state=ocp.args.StandardSave(opt_state),
                  progress=ocp.args.JsonSave({"step": int(step)}))
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = data.iterator_save_args(data_iterator)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_params, abstract_opt_state, data_iterator=None):
     """Restores (params, opt_state) onto the shardings of the abstract trees; moves the
     iterator in place to its saved position."""
-    import grain
-
     items = dict(params=ocp.args.StandardRestore(abstract_params),
                  opt_state=ocp.args.StandardRestore(abstract_opt_state),
                  progress=ocp.args.JsonRestore())
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      items["data"] = data.iterator_restore_args(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if restored["progress"]["step"] != step:
       raise CheckpointError(f"checkpoint {step} says it is step {restored['progress']['step']}")

@@ -7,6 +7,8 @@ same recipe to built-in data that runs anywhere in minutes.
 import ml_collections
 from ml_collections import config_dict
 
+from efficientsam_jax import data
+
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
@@ -34,10 +36,8 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.mask_ratio = 0.75
   c.loss = dict(kind="mse", masked_only=False, normalise_target=False)
 
-  c.data = dict(source="tfds", tfds_name="imagenet2012", tfds_data_dir=config_dict.placeholder(str),
-                path=config_dict.placeholder(str), split="train", image_size=224,
-                crop="random_resized", min_scale=0.2, flip=True, worker_count=8,
-                prefetch_buffer_size=2, num_demo_images=256)
+  c.data = data.default_data_config()  # ImageNet-1K train through tfds, 224 crops
+  c.data.worker_count = 8
 
   c.batch_size = 4096
   epochs, warmup_epochs = 400, 40
