@@ -5,6 +5,8 @@ Public API:
       {"image": float32 (B_local, S, S, 3), "valid": int32 (B_local,)}; checkpointable.
   num_examples(config) -> records in the source (all hosts), for epochs -> steps.
   default_data_config() -> ml_collections.ConfigDict with every `config.data` field below.
+  iterator_save_args(it), iterator_restore_args(it) -> Orbax args (grain's CheckpointSave /
+      CheckpointRestore) so the checkpoint module saves the iterator without importing grain.
   DataError: one-line, user-fixable data problem (missing dataset, empty folder, bad field).
   Sources (DemoImageSource, ImageFolderSource, TfdsImageSource) and the numpy transforms
   (efficientsam_jax.data.transforms) for tests and tools.
@@ -28,6 +30,8 @@ Unreadable images become all-zero images with valid=0 (count them; weight them o
 """
 import ml_collections
 
+from efficientsam_jax.data.pipeline import iterator_restore_args
+from efficientsam_jax.data.pipeline import iterator_save_args
 from efficientsam_jax.data.pipeline import make_source
 from efficientsam_jax.data.pipeline import make_train_dataset
 from efficientsam_jax.data.pipeline import make_train_iterator

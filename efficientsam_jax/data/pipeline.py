@@ -140,3 +140,16 @@ def make_train_iterator(
     process_count = jax.process_count()
   ds = make_train_dataset(config, process_index=process_index, process_count=process_count)
   return iter(ds)
+
+
+def iterator_save_args(iterator: grain.DatasetIterator):
+  """Orbax save args for the iterator's position (one JSON file per host in the checkpoint).
+
+  Returned from here so the Orbax checkpoint module never imports grain.
+  """
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def iterator_restore_args(iterator: grain.DatasetIterator):
+  """Orbax restore args: restoring sets `iterator` to the saved position and returns it."""
+  return grain.checkpoint.CheckpointRestore(iterator)
