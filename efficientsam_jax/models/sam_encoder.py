@@ -169,8 +169,9 @@ class SamImageEncoder(nn.Module):
   """SAM's ImageEncoderViT: (B, H, W, 3) -> (B, H/16, W/16, 256) neck output.
 
   `output="blocks"` returns the last block's tokens (B, H/16, W/16, D) instead (SAMI's
-  optional target layer); the parameter tree is the same either way, neck included once
-  initialised with `output="neck"` (as `init_sam_encoder_params` does).
+  optional target layer) and takes the same full parameter tree (the neck's params are then
+  unused). Build params with `init_sam_encoder_params` or `sam_encoder_params_from_torch`;
+  `SamImageEncoder(cfg, output="blocks").init` would leave the neck out.
   """
   config: SamEncoderConfig
   output: str = "neck"
