@@ -87,15 +87,21 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """D -> hidden -> D with exact (erf) GELU."""
+  """D -> hidden -> D with exact (erf) GELU.
+
+  `names` are the two layers' torch names: ("fc1", "fc2") in EfficientSAM, ("lin1", "lin2")
+  in SAM's MLPBlock; the computation is the same.
+  """
   hidden: int
   dtype: jnp.dtype = jnp.float32
+  names: tuple[str, str] = ("fc1", "fc2")
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), approximate=False)
-    return nn.Dense(d, dtype=self.dtype, name="fc2")(x)
+    first, second = self.names
+    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name=first)(x), approximate=False)
+    return nn.Dense(d, dtype=self.dtype, name=second)(x)
 
 
 class Block(nn.Module):
