@@ -2,7 +2,8 @@
 
 A config file's `get_config(arg)` takes the variant string after the colon:
 `configs/sami_vitb.py:demo` or `configs/sami_vitb.py:demo,teacher=vit_b`. `demo` shrinks the
-same recipe to built-in data that runs anywhere in minutes.
+same recipe to built-in data that runs anywhere in minutes; `demo,smoke` shrinks it to seconds
+for tests.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -72,4 +73,13 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.update(lr=1e-3, warmup_steps=20)
     c.log_every = 10
     c.checkpoint_every = 100
+  if variant.get("smoke"):
+    # demo shrunk further for tests and CI: seconds per run, same code paths.
+    c.student.overrides = {"depth": 2}
+    c.decoder.update(width=64, depth=1, num_heads=2)
+    c.data.update(image_size=32, num_demo_images=64)
+    c.batch_size = 8
+    c.total_steps = 40
+    c.log_every = 1
+    c.checkpoint_every = 10
   return c
