@@ -1,6 +1,7 @@
 """The SAMI input pipeline: numpy transforms, sources, and the grain iterator's guarantees."""
 import io
 import math
+import pickle
 
 import ml_collections
 import numpy as np
@@ -156,6 +157,11 @@ def test_demo_images_deterministic_and_varied():
   np.testing.assert_array_equal(source[2], demo_images.demo_image(0, 2))
   with pytest.raises(IndexError):
     source[5]  # pylint: disable=pointless-statement
+  # The per-process cache is not shipped to workers, and cached pixels cannot be mutated.
+  copy = pickle.loads(pickle.dumps(source))
+  assert not copy._cache  # pylint: disable=protected-access
+  np.testing.assert_array_equal(copy[2], source[2])
+  assert not source[2].flags.writeable
 
 
 def _write_folder(root):

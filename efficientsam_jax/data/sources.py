@@ -25,7 +25,14 @@ class DataError(ValueError):
 
 
 class DemoImageSource:
-  """`num_images` synthetic images, uint8 (128, 128, 3), drawn from (seed, index) on access."""
+  """`num_images` synthetic images, uint8 (128, 128, 3), drawn from (seed, index) on access.
+
+  Drawing one costs several times its augmentation, and the demo set is small and revisited
+  every epoch, so each process keeps the images it has drawn (up to MAX_CACHED of them,
+  48 KiB each at 128 px).
+  """
+
+  MAX_CACHED = 4096
 
   def __init__(self, num_images: int, seed: int = 0,
                image_size: int = demo_images.DEMO_IMAGE_SIZE):
@@ -34,6 +41,7 @@ class DemoImageSource:
     self._num_images = num_images
     self._seed = seed
     self._image_size = image_size
+    self._cache: dict[int, np.ndarray] = {}
 
   def __len__(self) -> int:
     return self._num_images
@@ -41,7 +49,20 @@ class DemoImageSource:
   def __getitem__(self, index: int) -> np.ndarray:
     if not 0 <= index < self._num_images:
       raise IndexError(f"demo image {index} out of range [0, {self._num_images})")
-    return demo_images.demo_image(self._seed, int(index), self._image_size)
+    index = int(index)
+    image = self._cache.get(index)
+    if image is None:
+      image = demo_images.demo_image(self._seed, index, self._image_size)
+      image.flags.writeable = False  # shared by every later read of this index
+      if len(self._cache) < self.MAX_CACHED:
+        self._cache[index] = image
+    return image
+
+  def __getstate__(self):
+    # Worker processes get the recipe, not the pixels: pickling stays cheap.
+    state = dict(self.__dict__)
+    state["_cache"] = {}
+    return state
 
   def __repr__(self) -> str:
     return f"DemoImageSource(num_images={self._num_images}, seed={self._seed})"
