@@ -264,25 +264,28 @@ def _record_ids(batches, demo_config):
   return [by_bytes[image.tobytes()] for b in batches for image in b["image"]]
 
 
-def test_hosts_read_disjoint_records_and_epochs_reshuffle():
+def test_hosts_read_their_rows_of_the_one_global_stream_and_epochs_reshuffle():
   config = _config(crop="center", flip=False, image_size=128)
-  # 16 records, 2 hosts, 4 per host batch: 2 batches are one epoch of a host's shard.
-  host_ids = []
-  for host in range(2):
-    it = data.make_train_iterator(config, process_index=host, process_count=2)
-    ids = _record_ids(_take(it, 4), config.data)
-    epoch1, epoch2 = ids[:8], ids[8:]
-    assert sorted(epoch1) == sorted(epoch2) and len(set(epoch1)) == 8
-    assert epoch1 != epoch2  # a new order each epoch
-    host_ids.append(set(epoch1))
-  assert not host_ids[0] & host_ids[1]
-  assert host_ids[0] | host_ids[1] == set(range(16))
+  # 16 records, global batch 8: 2 batches are one epoch; 2 hosts read 4 rows each.
+  single = _record_ids(_take(data.make_train_iterator(config, process_index=0,
+                                                      process_count=1), 4), config.data)
+  hosts = [_record_ids(_take(data.make_train_iterator(config, process_index=h,
+                                                      process_count=2), 4), config.data)
+           for h in range(2)]
+  # Host h holds rows [4h, 4h + 4) of every global batch: together they are the 1-host stream.
+  rebuilt = [i for step in range(4) for h in range(2) for i in hosts[h][4 * step:4 * step + 4]]
+  assert rebuilt == single
+  for step in range(4):
+    assert not set(hosts[0][4 * step:4 * step + 4]) & set(hosts[1][4 * step:4 * step + 4])
+  epoch1, epoch2 = single[:16], single[16:]
+  assert sorted(epoch1) == sorted(epoch2) == list(range(16))
+  assert epoch1 != epoch2  # a new order each epoch
 
 
 def test_hosts_draw_different_augmentations():
   config = _config(num_demo_images=2, demo_seed=0)
   config.batch_size = 2
-  # Same record at the same position on both hosts would need the host in the RNG seed to differ.
+  # Each host augments different global positions, so its crops differ.
   boxes = []
   for host in range(2):
     boxes.append(next(data.make_train_iterator(config, process_index=host, process_count=2)))

@@ -1,9 +1,11 @@
-"""The SAMI training input pipeline on grain: source -> host shard -> shuffle -> repeat ->
-augment -> batch -> (threads | worker processes).
+"""The SAMI training input pipeline on grain: source -> shuffle -> repeat -> augment ->
+host's part of each global batch -> (threads | worker processes).
 
-The batch stream is a pure function of (config, process_index, process_count): the shuffle is
-seeded with `config.seed` (reshuffled every epoch), and every record's augmentation draws from
-an RNG grain seeds with (augmentation seed, record position). Batching happens before the
+The GLOBAL batch stream is a pure function of the config alone: the shuffle is seeded with
+`config.seed` (reshuffled every epoch), every record's augmentation draws from an RNG grain
+seeds with (augmentation seed, global position), and host p of P reads rows
+[p*B/P, (p+1)*B/P) of every global batch. So 1 host with 8 devices and 2 hosts with 4 devices
+each train on exactly the same images, and hosts never decode each other's records. Batching happens before the
 data leaves the MapDataset stage, so worker processes split whole batches and the stream does
 not depend on `worker_count`; the iterator state (`get_state`/`set_state`, or Orbax via
 `grain.checkpoint.CheckpointSave/CheckpointRestore`) is a position, so resuming replays
@@ -65,14 +67,10 @@ def _host_batch_size(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
-def _augment_seed(seed: int, process_index: int) -> int:
-  """A 32-bit augmentation seed per host.
-
-  grain seeds each record's RNG with (op seed, position in this host's stream); the position
-  restarts at 0 on every host, so without the host index in the seed, hosts would draw
-  identical crop boxes at the same step.
-  """
-  return int(np.random.SeedSequence([seed, 1, process_index]).generate_state(1)[0])
+def _augment_seed(seed: int) -> int:
+  """A 32-bit augmentation seed, distinct from the shuffle seed. grain seeds each record's RNG
+  with (this seed, global position), so hosts draw different crops for different records."""
+  return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
 
 
 def _ensure_absl_flags_parsed():
@@ -98,15 +96,16 @@ def make_train_dataset(config, *, process_index: int, process_count: int) -> gra
         f"{len(source)} records cannot be shared among {process_count} hosts")
   seed = int(config.seed) % 2**32
   ds = grain.MapDataset.source(source)
-  # Strided host shards: disjoint, and their sizes differ by at most one record.
-  ds = ds[process_index::process_count]
   # shuffle before repeat: grain's shuffle folds the epoch (index // len) into its seed, so an
   # infinite repeat reshuffles every epoch.
   ds = ds.shuffle(seed=seed).repeat(None)
   ds = ds.random_map(
       SamiAugment(data.image_size, data.crop, data.min_scale, data.flip),
-      seed=_augment_seed(seed, process_index))
-  ds = ds.batch(host_batch, drop_remainder=True)
+      seed=_augment_seed(seed))
+  # Chunks of host_batch consecutive global positions; global batch s is chunks
+  # s*P .. s*P+P-1, so host p takes every P-th chunk from p. MapDataset is lazy: only the
+  # chosen chunks are ever decoded.
+  ds = ds.batch(host_batch, drop_remainder=True)[process_index::process_count]
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=data.read_threads, prefetch_buffer_size=data.prefetch_buffer_size))
   if data.worker_count > 0:
