@@ -68,8 +68,11 @@ class TrainCheckpoints:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save to be complete on disk; safe to call twice."""
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None
 
 
 def is_training_workdir(path: str) -> bool:

@@ -60,6 +60,8 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.init_from = config_dict.placeholder(str)
+  c.nonfinite_policy = "stop"  # or "skip": a non-finite step leaves the state untouched
+  c.compile_only = False  # compile the step from shapes, print memory/FLOPs, exit
 
   if variant.get("demo"):
     # Same recipe, shrunk: generated images, a tiny fixed-seed teacher, a shallow student of

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from efficientsam_jax import checkpointing, sharding, weights
 from efficientsam_jax.errors import UserError
@@ -29,8 +30,9 @@ class TeacherSpec:
   seed: int
 
   @classmethod
-  def from_config(cls, cfg) -> "TeacherSpec":
-    """Validates config.teacher before anything is compiled."""
+  def from_config(cls, cfg, need_weights: bool = True) -> "TeacherSpec":
+    """Validates config.teacher before anything is compiled. need_weights=False (compiling
+    ahead from shapes alone) lets the checkpoint be missing."""
     if cfg.size not in sam_encoder.SAM_SIZES:
       raise UserError(f"config.teacher.size {cfg.size!r} is not one of "
                       f"{sorted(sam_encoder.SAM_SIZES)}")
@@ -38,7 +40,7 @@ class TeacherSpec:
       raise UserError(f"config.teacher.output must be one of {OUTPUTS}, got {cfg.output!r}")
     if cfg.dtype not in ("float32", "bfloat16"):
       raise UserError(f"config.teacher.dtype must be float32 or bfloat16, got {cfg.dtype!r}")
-    if not cfg.checkpoint and not cfg.random_init:
+    if need_weights and not cfg.checkpoint and not cfg.random_init:
       raise UserError("config.teacher.checkpoint is required: the SAM image encoder weights "
                       f"for size {cfg.size} (e.g. sam_vit_h_4b8939.pth, or a converted JAX "
                       "checkpoint directory)")
@@ -71,15 +73,27 @@ def _host_params(spec: TeacherSpec) -> dict:
     raise UserError(f"teacher checkpoint {spec.checkpoint}: {e}") from e
 
 
-def load(spec: TeacherSpec, mesh, rules=(), min_size: int = 2**16):
-  """Returns (apply_fn(params, images (B,S,S,3)) -> (B, S/16, S/16, C), sharded params)."""
+def abstract(spec: TeacherSpec, mesh, rules=(), min_size: int = 2**16):
+  """(apply_fn(params, images (B,S,S,3)) -> (B, S/16, S/16, C), ShapeDtypeStructs carrying the
+  shardings the weights will have). Reads no file: enough to compile the train step."""
   dtype = jnp.dtype(spec.dtype)
-  host = jax.tree.map(lambda x: np.asarray(x).astype(dtype), _host_params(spec))
-  shardings = sharding.tree_shardings(mesh, host, rules, min_size)
-  params = jax.tree.map(jax.device_put, host, shardings)
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype),
+                        sam_encoder.abstract_params(spec.encoder_config))
+  shardings = sharding.tree_shardings(mesh, shapes, rules, min_size)
   model = sam_encoder.SamImageEncoder(spec.encoder_config, output=spec.output, dtype=dtype)
 
   def apply_fn(teacher_params, images):
     return model.apply({"params": teacher_params}, images.astype(dtype))
 
-  return apply_fn, params
+  return apply_fn, sharding.with_shardings(shapes, shardings)
+
+
+def load_params(spec: TeacherSpec, abstract_params):
+  """Reads the teacher weights and places them as `abstract_params` (from `abstract`) says."""
+  host = _host_params(spec)
+  want, have = traverse_util.flatten_dict(abstract_params), traverse_util.flatten_dict(host)
+  if want.keys() != have.keys() or any(np.shape(have[k]) != want[k].shape for k in want):
+    raise UserError(f"teacher checkpoint {spec.checkpoint} does not hold a SAM {spec.size} "
+                    "image encoder")
+  return jax.tree.map(lambda a, h: jax.device_put(np.asarray(h).astype(a.dtype), a.sharding),
+                      abstract_params, host)

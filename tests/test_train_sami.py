@@ -10,37 +10,7 @@ import time
 
 import pytest
 
-CONFIG = "configs/sami_vitt.py:demo,smoke"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(devices: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return env
-
-
-def _command(workdir, *overrides):
-  return [sys.executable, "-m", "efficientsam_jax.main", f"--config={CONFIG}",
-          f"--workdir={workdir}", *overrides]
-
-
-def _run(workdir, *overrides, devices=1):
-  proc = subprocess.run(_command(workdir, *overrides), env=_env(devices), cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
-
-
-def _losses(workdir) -> dict[int, float]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  steps = [r["step"] for r in records]
-  assert steps == sorted(set(steps)), "metrics.jsonl must read as one run"
-  for r in records:
-    assert {"step", "loss", "learning_rate"} <= set(r)
-  return {r["step"]: r["loss"] for r in records}
-
+from sami_runs import REPO, env, losses as _losses, popen, run as _run
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
@@ -64,8 +34,7 @@ def test_reference_run_writes_outputs_and_loss_falls(reference_run):
 def test_sigkill_after_first_checkpoint_then_restart_logs_identical_losses(reference_run,
                                                                            tmp_path):
   workdir = str(tmp_path)
-  proc = subprocess.Popen(_command(workdir), env=_env(1), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = popen(workdir)
   first = os.path.join(workdir, "checkpoints", "10")
   deadline = time.time() + 300
   while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
@@ -99,7 +68,7 @@ def test_eight_devices_data_by_fsdp_mesh_logs_the_one_device_losses(reference_ru
 def test_user_mistakes_are_one_line_errors(tmp_path, config, overrides, message):
   proc = subprocess.run(
       [sys.executable, "-m", "efficientsam_jax.main", f"--config={config}",
-       f"--workdir={tmp_path}", *overrides], env=_env(1), cwd=REPO, capture_output=True,
+       f"--workdir={tmp_path}", *overrides], env=env(1), cwd=REPO, capture_output=True,
       text=True, timeout=300)
   assert proc.returncode != 0
   assert message in proc.stderr

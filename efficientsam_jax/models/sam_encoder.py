@@ -201,7 +201,7 @@ class SamImageEncoder(nn.Module):
     return x if self.output == "blocks" else apply_sequential(self.neck, x)
 
 
-def _abstract_params(config: SamEncoderConfig):
+def abstract_params(config: SamEncoderConfig):
   """ShapeDtypeStruct tree of the full encoder (neck included); no compute."""
   model = SamImageEncoder(config)
   image = jax.ShapeDtypeStruct((1, config.patch_size, config.patch_size, 3), jnp.float32)
@@ -217,7 +217,7 @@ def init_sam_encoder_params(config: SamEncoderConfig, seed: int = 0) -> dict:
   LayerNorm scales 1, pos_embed and rel-pos tables ~ N(0, 0.02^2).
   """
   rng = np.random.default_rng(seed)
-  flat = traverse_util.flatten_dict(_abstract_params(config))
+  flat = traverse_util.flatten_dict(abstract_params(config))
   out = {}
   for path in sorted(flat):
     shape, leaf = flat[path].shape, path[-1]
@@ -242,10 +242,10 @@ def sam_encoder_params_from_torch(state_dict, config: SamEncoderConfig,
   read. Pass prefix="" for a bare `ImageEncoderViT.state_dict()`. Raises weights.WeightsError
   naming the first missing, unexpected or mis-shaped tensor.
   """
-  params = weights.torch_to_flax(state_dict, _abstract_params(config), prefix=prefix)
+  params = weights.torch_to_flax(state_dict, abstract_params(config), prefix=prefix)
   return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
 
 
 def count_params(config: SamEncoderConfig) -> int:
   """Number of encoder parameters, from shapes alone."""
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(_abstract_params(config)))
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_params(config)))

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from efficientsam_jax import checkpointing, data, masking, optim, sharding, teacher
+from efficientsam_jax import checkpointing, data, masking, optim, runtime, sharding, teacher
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.losses import sami as sami_losses
 from efficientsam_jax.metric_writers import MetricWriter
@@ -30,18 +30,15 @@ def build_student(config) -> sami_model.SAMI:
                          dtype=jnp.dtype(s.dtype))
 
 
-def tree_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
-
-
-def make_train_step(config, student, teacher_apply, tx, schedule, mesh):
-  """The jitted step: (params, opt_state, teacher_params, batch, step) -> new state, metrics."""
+def make_train_step(config, student, teacher_apply, tx, schedule):
+  """The step: (params, opt_state, teacher_params, batch, step) -> new state, metrics."""
   image_size = config.data.image_size
   grid = image_size // student.encoder.patch_size
   num_tokens = grid * grid
   keep = masking.num_kept(num_tokens, config.mask_ratio)
   base_key = jax.random.key(config.seed)
   loss_cfg = config.loss
+  skip_nonfinite = config.nonfinite_policy == "skip"
 
   def train_step(params, opt_state, teacher_params, batch, step):
     images, valid = batch["image"], batch["valid"]
@@ -61,12 +58,21 @@ def make_train_step(config, student, teacher_apply, tx, schedule, mesh):
           normalise_target=loss_cfg.normalise_target)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {"loss": loss, "learning_rate": schedule(step), "grad_norm": tree_norm(grads),
-               "param_norm": tree_norm(params), "update_norm": tree_norm(updates),
-               "valid_images": jnp.sum(valid)}
-    return params, opt_state, metrics
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    grad_norm = optax.global_norm(grads)
+    metrics = {"loss": loss, "learning_rate": schedule(step), "grad_norm": grad_norm,
+               "update_norm": optax.global_norm(updates), "valid_images": jnp.sum(valid)}
+    if skip_nonfinite:
+      # A bad step (loss, gradients or the updated weights) leaves the state untouched.
+      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                & jnp.isfinite(optax.global_norm(new_params)))
+      keep_old = lambda new, old: jnp.where(finite, new, old)
+      new_params = jax.tree.map(keep_old, new_params, params)
+      new_opt_state = jax.tree.map(keep_old, new_opt_state, opt_state)
+      metrics["skipped_update"] = 1 - finite.astype(jnp.int32)
+    metrics["param_norm"] = optax.global_norm(new_params)
+    return new_params, new_opt_state, metrics
 
   return train_step
 
@@ -77,36 +83,112 @@ def write_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
+class Setup:
+  """Everything the loop needs, built abstractly first so nothing is materialised before the
+  shapes, shardings and the compiled step are known."""
+
+  def __init__(self, config):
+    if config.nonfinite_policy not in ("stop", "skip"):
+      raise UserError(f"config.nonfinite_policy must be 'stop' or 'skip', got "
+                      f"{config.nonfinite_policy!r}")
+    self.config = config
+    try:
+      self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    except ValueError as e:
+      raise UserError(str(e)) from e
+    if config.batch_size % self.mesh.size:
+      raise UserError(f"batch_size {config.batch_size} is not divisible by the "
+                      f"{self.mesh.size} devices of the mesh")
+    self.student = build_student(config)
+    size, patch = config.data.image_size, self.student.encoder.patch_size
+    tokens = (size // patch) ** 2
+    ids = masking.random_masking(jax.random.key(0), 1, tokens,
+                                 masking.num_kept(tokens, config.mask_ratio))
+    self.init_fn = lambda rng: self.student.init(rng, jnp.zeros((1, size, size, 3)),
+                                                 *ids)["params"]
+    self.abstract_params = jax.eval_shape(self.init_fn, jax.random.key(config.seed))
+    self.tx, self.schedule = optim.make_optimizer(config, self.abstract_params)
+    self.abstract_opt_state = jax.eval_shape(self.tx.init, self.abstract_params)
+    rules, min_size = list(config.sharding.rules), config.sharding.fsdp_min_size
+    self.param_shardings = sharding.tree_shardings(self.mesh, self.abstract_params, rules,
+                                                   min_size)
+    self.opt_shardings = sharding.tree_shardings(self.mesh, self.abstract_opt_state, rules,
+                                                 min_size)
+    self.teacher_spec = teacher.TeacherSpec.from_config(
+        config.teacher, need_weights=not config.compile_only)
+    self.teacher_apply, self.abstract_teacher = teacher.abstract(
+        self.teacher_spec, self.mesh, rules, min_size)
+
+  @property
+  def checkpoint_bytes(self) -> int:
+    return runtime.tree_bytes(self.abstract_params) + runtime.tree_bytes(
+        self.abstract_opt_state)
+
+  def abstract_batch(self):
+    c, shard = self.config, sharding.batch_sharding(self.mesh)
+    size = c.data.image_size
+    return {"image": jax.ShapeDtypeStruct((c.batch_size, size, size, 3), jnp.float32,
+                                          sharding=shard),
+            "valid": jax.ShapeDtypeStruct((c.batch_size,), jnp.int32, sharding=shard)}
+
+  def jitted_step(self):
+    batch_shard = sharding.batch_sharding(self.mesh)
+    return jax.jit(
+        make_train_step(self.config, self.student, self.teacher_apply, self.tx, self.schedule),
+        in_shardings=(self.param_shardings, self.opt_shardings,
+                      jax.tree.map(lambda x: x.sharding, self.abstract_teacher),
+                      {"image": batch_shard, "valid": batch_shard},
+                      sharding.replicated(self.mesh)),
+        out_shardings=(self.param_shardings, self.opt_shardings,
+                       sharding.replicated(self.mesh)),
+        donate_argnums=(0, 1))
+
+  def compile(self):
+    """Compiles the step from shapes alone: no weights, no data, no teacher file read."""
+    with jax.set_mesh(self.mesh):
+      return self.jitted_step().lower(
+          sharding.with_shardings(self.abstract_params, self.param_shardings),
+          sharding.with_shardings(self.abstract_opt_state, self.opt_shardings),
+          self.abstract_teacher, self.abstract_batch(),
+          jax.ShapeDtypeStruct((), jnp.int32)).compile()
+
+
+def compile_report(config) -> dict:
+  """Per-device memory and FLOPs of the compiled train step (config.compile_only)."""
+  setup = Setup(config)
+  compiled = setup.compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = {"devices": setup.mesh.size, "mesh": dict(setup.mesh.shape),
+            "platform": jax.devices()[0].platform,
+            "flops_per_step_per_device": float(cost.get("flops", 0.0)) if cost else None}
+  for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                "alias_size_in_bytes", "generated_code_size_in_bytes"):
+    report[field] = int(getattr(memory, field, 0) or 0)
+  report["peak_bytes_per_device_estimate"] = (report["argument_size_in_bytes"]
+                                              + report["output_size_in_bytes"]
+                                              - report["alias_size_in_bytes"]
+                                              + report["temp_size_in_bytes"])
+  return report
+
+
 def train(config, workdir: str) -> dict:
   """Runs SAMI pretraining in `workdir`; returns the last logged metrics."""
-  # --- Workdir and config ------------------------------------------------------------------
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise UserError(f"workdir {workdir} is not writable")
-  if config.batch_size % jax.device_count():
-    raise UserError(f"batch_size {config.batch_size} is not divisible by the "
-                    f"{jax.device_count()} devices")
-  teacher_spec = teacher.TeacherSpec.from_config(config.teacher)  # validates before compiling
-  write_config(config, workdir)
+  if config.get("compile_only"):
+    report = compile_report(config)
+    logging.info("compiled train step: %s", json.dumps(report))
+    if jax.process_index() == 0:
+      print(json.dumps(report))
+    return report
 
-  # --- Mesh, models, optimiser -------------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  # --- Shapes, shardings, checks: all before anything is compiled --------------------------
+  setup = Setup(config)
+  runtime.check_workdir(workdir, 2 * setup.checkpoint_bytes)
+  write_config(config, workdir)
+  mesh = setup.mesh
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
                jax.process_count())
-  student = build_student(config)
-  size = config.data.image_size
-  ids = masking.random_masking(jax.random.key(0), 1, (size // 16) ** 2,
-                               masking.num_kept((size // 16) ** 2, config.mask_ratio))
-  init_fn = lambda rng: student.init(rng, jnp.zeros((1, size, size, 3)), *ids)["params"]
-  abstract_params = jax.eval_shape(init_fn, jax.random.key(config.seed))
-  tx, schedule = optim.make_optimizer(config, abstract_params)
-  abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
-
-  rules, min_size = list(config.sharding.rules), config.sharding.fsdp_min_size
-  param_shardings = sharding.tree_shardings(mesh, abstract_params, rules, min_size)
-  opt_shardings = sharding.tree_shardings(mesh, abstract_opt_state, rules, min_size)
-
-  # --- Data --------------------------------------------------------------------------------
   train_iter = data.make_train_iterator(config)
 
   # --- State: restore, or born sharded -----------------------------------------------------
@@ -116,63 +198,67 @@ def train(config, workdir: str) -> dict:
   if start_step:
     logging.info("resuming from step %d in %s", start_step, checkpoints.directory)
     params, opt_state = checkpoints.restore(
-        start_step, sharding.with_shardings(abstract_params, param_shardings),
-        sharding.with_shardings(abstract_opt_state, opt_shardings), train_iter)
+        start_step, sharding.with_shardings(setup.abstract_params, setup.param_shardings),
+        sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings), train_iter)
   else:
     if config.get("init_from"):
       raise UserError("config.init_from is not supported by SAMI pretraining yet")
-    params = jax.jit(init_fn, out_shardings=param_shardings)(jax.random.key(config.seed))
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    params = jax.jit(setup.init_fn, out_shardings=setup.param_shardings)(
+        jax.random.key(config.seed))
+    opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(params)
 
   # The frozen teacher: loaded once, placed by the same rules, never checkpointed.
-  teacher_apply, teacher_params = teacher.load(teacher_spec, mesh, rules, min_size)
-
-  # --- The compiled step -------------------------------------------------------------------
-  batch_shard = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(
-      make_train_step(config, student, teacher_apply, tx, schedule, mesh),
-      in_shardings=(param_shardings, opt_shardings, jax.tree.map(lambda x: x.sharding,
-                                                                 teacher_params),
-                    {"image": batch_shard, "valid": batch_shard}, sharding.replicated(mesh)),
-      out_shardings=(param_shardings, opt_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0, 1))
+  teacher_params = teacher.load_params(setup.teacher_spec, setup.abstract_teacher)
+  step_fn = setup.jitted_step()
 
   # --- Loop --------------------------------------------------------------------------------
   writer = MetricWriter(workdir, config.total_steps, resumed_step=start_step)
+  preemption = runtime.PreemptionWatch()
   pending = None  # (step, device metrics): fetched one step late so the device never waits
-  last_record, skipped_images = {}, 0
+  last_record, counters = {}, {"skipped_images": 0, "skipped_updates": 0}
   compile_start = time.perf_counter()
 
   def finish(step, metrics):
-    nonlocal last_record, skipped_images
+    nonlocal last_record
     host = jax.device_get(metrics)
-    if not np.isfinite(host["loss"]):
-      raise FloatingPointError(f"non-finite loss {host['loss']} at step {step}; "
-                               "no checkpoint is written for it")
-    skipped_images += config.batch_size - int(host.pop("valid_images"))
+    if not (np.isfinite(host["loss"]) and np.isfinite(host["param_norm"])):
+      raise runtime.NonFiniteError(
+          f"non-finite loss ({host['loss']}) or parameters at step {step}; the last checkpoint"
+          " holds the last good state (set nonfinite_policy=skip to skip such updates)")
+    counters["skipped_images"] += config.batch_size - int(host.pop("valid_images"))
+    counters["skipped_updates"] += int(host.pop("skipped_update", 0))
     if step % config.log_every == 0 or step == config.total_steps:
-      last_record = writer.write(step, {**host, "skipped_images": skipped_images})
+      last_record = writer.write(step, {**host, **counters})
 
-  with jax.set_mesh(mesh):
-    for step in range(start_step, config.total_steps):
-      batch = sharding.host_batch_to_global(next(train_iter), mesh)
-      params, opt_state, metrics = step_fn(params, opt_state, teacher_params, batch,
-                                           jnp.asarray(step, jnp.int32))
-      if step == start_step:
-        jax.block_until_ready(metrics)
-        logging.info("first step (compile included) took %.1fs",
-                     time.perf_counter() - compile_start)
-        writer.start_timer(step + 1)
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(start_step, config.total_steps):
+        batch = sharding.host_batch_to_global(next(train_iter), mesh)
+        params, opt_state, metrics = step_fn(params, opt_state, teacher_params, batch,
+                                             jnp.asarray(step, jnp.int32))
+        if step == start_step:
+          jax.block_until_ready(metrics)
+          logging.info("first step (compile included) took %.1fs",
+                       time.perf_counter() - compile_start)
+          writer.start_timer(step + 1)
+        if pending is not None:
+          finish(*pending)
+        pending = (step + 1, metrics)
+        done = step + 1
+        preempted = preemption.reached(done)
+        if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
+          finish(*pending)  # never checkpoint a state whose loss was not checked
+          pending = None
+          checkpoints.save(done, params, opt_state, train_iter)
+        if preempted:
+          checkpoints.close()
+          raise runtime.Preempted(done)
       if pending is not None:
         finish(*pending)
-      pending = (step + 1, metrics)
-      done = step + 1
-      if done % config.checkpoint_every == 0 or done == config.total_steps:
-        finish(*pending)  # never checkpoint a state whose loss was not checked
-        pending = None
-        checkpoints.save(done, params, opt_state, train_iter)
-    if pending is not None:
-      finish(*pending)
-  checkpoints.close()
-  writer.close()
+    logging.info("parameter digest (process %d): %s", jax.process_index(),
+                 runtime.replicated_digest(params))
+  finally:
+    preemption.close()
+    checkpoints.close()
+    writer.close()
   return last_record

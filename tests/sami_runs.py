@@ -1,0 +1,49 @@
+"""Running the SAMI trainer as a subprocess (so tests can kill it and choose device counts)."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "configs/sami_vitt.py:demo,smoke"
+
+
+def env(devices: int = 1, **extra) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+
+
+def command(workdir, *overrides, config=SMOKE) -> list[str]:
+  return [sys.executable, "-m", "efficientsam_jax.main", f"--config={config}",
+          f"--workdir={workdir}", *overrides]
+
+
+def run(workdir, *overrides, devices=1, config=SMOKE, check=True, **extra_env):
+  proc = subprocess.run(command(workdir, *overrides, config=config), env=env(devices, **extra_env),
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def popen(workdir, *overrides, devices=1, **extra_env) -> subprocess.Popen:
+  return subprocess.Popen(command(workdir, *overrides), env=env(devices, **extra_env), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def losses(workdir) -> dict[int, float]:
+  """step -> loss from metrics.jsonl, checking it reads as one run."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  steps = [r["step"] for r in records]
+  assert steps == sorted(set(steps)), "metrics.jsonl must read as one run"
+  for r in records:
+    assert {"step", "loss", "learning_rate"} <= set(r)
+  return {r["step"]: r["loss"] for r in records}
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
