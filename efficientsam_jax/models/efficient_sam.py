@@ -41,6 +41,22 @@ NON_TRAINABLE = (r"^prompt_encoder/pe_layer/positional_encoding_gaussian_matrix$
 CONV_TRANSPOSE = ("mask_decoder.final_output_upscaling_layers.0.0",
                   "mask_decoder.final_output_upscaling_layers.1.0")
 
+# Every module/leaf name of the release in the order torch registers it among its siblings,
+# so exports list their keys exactly as the released files do (strict loading does not care,
+# people diffing key lists do). Numeric indices sort as numbers.
+_TORCH_ORDER = (
+    "image_encoder", "prompt_encoder", "mask_decoder",
+    "pos_embed", "patch_embed", "blocks", "neck",
+    "self_attn", "norm1", "attn", "qkv", "proj", "cross_attn_token_to_image", "norm2", "mlp",
+    "fc1", "fc2", "norm3", "norm4", "cross_attn_image_to_token",
+    "q_proj", "k_proj", "v_proj", "out_proj",
+    "pe_layer", "positional_encoding_gaussian_matrix", "invalid_points", "point_embeddings",
+    "bbox_top_left_embeddings", "bbox_bottom_right_embeddings",
+    "transformer", "layers", "final_attn_token_to_image", "norm_final_attn", "iou_token",
+    "mask_tokens", "final_output_upscaling_layers", "output_hypernetworks_mlps",
+    "iou_prediction_head", "fc", "weight", "bias")
+_TORCH_RANK = {name: i for i, name in enumerate(_TORCH_ORDER)}
+
 # Model name -> encoder size.
 MODELS = {"efficientsam_vitt": "vitt", "efficientsam_vits": "vits"}
 
@@ -192,5 +208,11 @@ def params_from_torch(state_dict: Mapping[str, np.ndarray], config: EfficientSam
 
 
 def params_to_torch(params) -> dict[str, np.ndarray]:
-  """Flax params -> the released state_dict (torch names and layouts)."""
-  return weights.flax_to_torch(params, conv_transpose=CONV_TRANSPOSE)
+  """Flax params -> the released state_dict (torch names, layouts and key order)."""
+  state_dict = weights.flax_to_torch(params, conv_transpose=CONV_TRANSPOSE)
+  return {k: state_dict[k] for k in sorted(state_dict, key=_torch_sort_key)}
+
+
+def _torch_sort_key(key: str) -> tuple:
+  return tuple((0, int(part)) if part.isdigit() else (1, _TORCH_RANK.get(part, len(_TORCH_RANK)))
+               for part in key.split("."))
