@@ -90,14 +90,15 @@ def preprocess(images, image_size: int):
   return (images - jnp.asarray(PIXEL_MEAN, jnp.float32)) / jnp.asarray(PIXEL_STD, jnp.float32)
 
 
-def rescale_points(points, input_hw: tuple[int, int], image_size: int):
+def rescale_points(points, input_hw, image_size: int):
   """(..., 2) (x, y) original-image pixels -> encoder-input pixels; coordinates < 0 become -1.
 
-  Computed as x * image_size / W in float32, the release's order of operations.
+  input_hw: (H, W) of the original image, a tuple or a (2,) array (traced: no recompile per
+  image size). Computed as x * image_size / W in float32, the release's order of operations.
   """
   points = points.astype(jnp.float32)
-  h, w = input_hw
-  scaled = points * jnp.float32(image_size) / jnp.asarray([w, h], jnp.float32)
+  wh = jnp.stack([jnp.asarray(input_hw[1]), jnp.asarray(input_hw[0])]).astype(jnp.float32)
+  scaled = points * jnp.float32(image_size) / wh
   return jnp.where(points >= 0, scaled, -1.0)
 
 
@@ -147,7 +148,7 @@ class EfficientSam(nn.Module):
       image_embeddings: (B, g, g, 256).
       points: (B, Q, N, 2) (x, y) in original-image pixels; negative = no point.
       labels: (B, Q, N) -1 padding, 0 negative, 1 positive, 2/3 box corners.
-      input_hw: the original image (H, W) that the points refer to.
+      input_hw: the original image (H, W) that the points refer to (tuple or (2,) array).
       output_hw: resize logits to this size (bicubic); None keeps (4g, 4g).
       multimask_output: 3 masks per query (True) or the single-mask output.
     Returns:
