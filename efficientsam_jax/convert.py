@@ -16,13 +16,18 @@ from absl import app, flags, logging
 from efficientsam_jax import model_files
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, "PyTorch file, JAX parameter checkpoint, or training workdir.")
-flags.DEFINE_string("output", None, "Output: a .pt/.pth file or a new JAX checkpoint directory.")
-flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits (sam_vit_b/l/h later);"
-                    " inferred from the tensors when omitted.")
-flags.DEFINE_enum("format", "released", ["released", "state_dict"],
-                  "PyTorch output layout: 'released' = {'model': state_dict} as EfficientSAM "
-                  "ships it; 'state_dict' = a bare state_dict.")
+
+
+def define_flags():
+  """Declared at run time, not import time: convert and predict share flag names and
+  tests import both into one process."""
+  flags.DEFINE_string("input", None, "PyTorch file, JAX parameter checkpoint, or training workdir.")
+  flags.DEFINE_string("output", None, "Output: a .pt/.pth file or a new JAX checkpoint directory.")
+  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits (sam_vit_b/l/h later);"
+                      " inferred from the tensors when omitted.")
+  flags.DEFINE_enum("format", "released", ["released", "state_dict"],
+                    "PyTorch output layout: 'released' = {'model': state_dict} as EfficientSAM "
+                    "ships it; 'state_dict' = a bare state_dict.")
 
 
 def convert(input_path: str, output_path: str, model: str | None = None,
@@ -67,4 +72,5 @@ def _fail(message: str):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

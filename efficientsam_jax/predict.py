@@ -265,14 +265,19 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 # CLI
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Released .pt, JAX parameter checkpoint, or workdir.")
-flags.DEFINE_string("image", None, "Input image (any format PIL reads; converted to RGB).")
-flags.DEFINE_string("prompts", None, "JSON list of {'points','labels'} or {'box'} queries.")
-flags.DEFINE_string("output", None, "Output .npz: logits, low_res_logits, iou, "
-                    "image_embeddings.")
-flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits; inferred when "
-                    "omitted.")
-flags.DEFINE_string("overlay", None, "Optional PNG: best mask of each query over the image.")
+
+
+def define_flags():
+  """Declared at run time, not import time: convert and predict share flag names and
+  tests import both into one process."""
+  flags.DEFINE_string("checkpoint", None, "Released .pt, JAX parameter checkpoint, or workdir.")
+  flags.DEFINE_string("image", None, "Input image (any format PIL reads; converted to RGB).")
+  flags.DEFINE_string("prompts", None, "JSON list of {'points','labels'} or {'box'} queries.")
+  flags.DEFINE_string("output", None, "Output .npz: logits, low_res_logits, iou, "
+                      "image_embeddings.")
+  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits; inferred when "
+                      "omitted.")
+  flags.DEFINE_string("overlay", None, "Optional PNG: best mask of each query over the image.")
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -342,4 +347,5 @@ def _fail(message: str):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -136,8 +136,8 @@ def load(path: str) -> Any:
     raise TorchFileError(f"{path}: is a directory, not a PyTorch file") from None
   except zipfile.BadZipFile as e:
     hint = " (legacy pre-1.6 torch format is not supported)" if _is_legacy(path) else ""
-    raise TorchFileError(f"{path}: not a PyTorch zip checkpoint, or truncated or corrupted ({e}){hint}") \
-        from None
+    raise TorchFileError(
+        f"{path}: not a PyTorch zip checkpoint, or truncated or corrupted ({e}){hint}") from None
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
           AttributeError, UnicodeDecodeError, zipfile.LargeZipFile, OSError) as e:
     # zlib/CRC errors, truncated pickles and malformed opcodes all end up here.

@@ -103,7 +103,10 @@ def rescale_points(points, input_hw, image_size: int):
 
 
 def pad_points(points, labels, num_points: int):
-  """Pads (-1, -1)/label -1 or cuts to num_points: (..., N, 2), (..., N) -> (..., n, 2), (..., n)."""
+  """Pads with (-1, -1)/label -1, or cuts, to num_points.
+
+  (..., N, 2) points, (..., N) labels -> (..., num_points, 2), (..., num_points).
+  """
   n = points.shape[-2]
   if n >= num_points:
     return points[..., :num_points, :], labels[..., :num_points]
