@@ -1,0 +1,351 @@
+r"""Promptable segmentation with EfficientSAM: a `Predictor` API and a CLI.
+
+  python -m efficientsam_jax.predict --checkpoint=efficient_sam_vitt.pt --image=dogs.png \
+      --prompts=prompts.json --output=out.npz [--model=NAME] [--overlay=out.png]
+
+prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, ...]} or
+{"box": [x1, y1, x2, y2]}, in original-image pixels. out.npz holds `logits` (Q, 3, H, W),
+`low_res_logits` (Q, 3, 256, 256), `iou` (Q, 3) and `image_embeddings` (256, 64, 64): the
+released PyTorch model's `forward` outputs for the same image and prompts.
+
+Compilation: the image is resized to the encoder's input size by its own small jitted
+function, so the encoder compiles once for every image size. Queries are padded to a bucket
+size (1, 4, 16, 64, then multiples of 64) and decoded in chunks inside one jitted call, so
+hundreds of queries cost one call and few compilations.
+"""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from efficientsam_jax import model_files
+from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models import prompt_encoder as pe
+
+QUERY_BUCKETS = (1, 4, 16, 64)  # then multiples of the last
+QUERY_CHUNK = 16  # queries decoded at once inside a call: bounds memory (~0.5 GB at 1024)
+
+
+class PromptError(ValueError):
+  """Bad prompts or image: one-line reason."""
+
+
+def bucket_size(num_queries: int) -> int:
+  for size in QUERY_BUCKETS:
+    if num_queries <= size:
+      return size
+  step = QUERY_BUCKETS[-1]
+  return -(-num_queries // step) * step
+
+
+def queries_to_arrays(queries: list, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+  """JSON-style queries -> points (Q, max_points, 2) float32, labels (Q, max_points) float32.
+
+  A box is its two corners labelled 2 and 3. Shorter queries are padded with (-1, -1) and
+  label -1, longer ones cut, exactly as the model would.
+  """
+  if not isinstance(queries, list) or not queries:
+    raise PromptError("prompts must be a non-empty JSON list of queries")
+  points = np.full((len(queries), max_points, 2), -1.0, np.float32)
+  labels = np.full((len(queries), max_points), pe.LABEL_PADDING, np.float32)
+  for i, query in enumerate(queries):
+    q_points, q_labels = _parse_query(query, i)
+    n = min(len(q_points), max_points)
+    points[i, :n], labels[i, :n] = q_points[:n], q_labels[:n]
+  return points, labels
+
+
+def _parse_query(query, index: int) -> tuple[np.ndarray, np.ndarray]:
+  where = f"query {index}"
+  if not isinstance(query, dict):
+    raise PromptError(f"{where}: expected an object with 'points'/'labels' or 'box'")
+  try:
+    if "box" in query:
+      box = np.asarray(query["box"], np.float64)
+      if box.shape != (4,):
+        raise PromptError(f"{where}: 'box' must be [x1, y1, x2, y2]")
+      return (box.reshape(2, 2).astype(np.float32),
+              np.asarray([pe.LABEL_BOX_TOP_LEFT, pe.LABEL_BOX_BOTTOM_RIGHT], np.float32))
+    if "points" not in query or "labels" not in query:
+      raise PromptError(f"{where}: needs 'points' and 'labels', or 'box'")
+    q_points = np.asarray(query["points"], np.float64)
+    q_labels = np.asarray(query["labels"], np.float64)
+  except (TypeError, ValueError) as e:
+    if isinstance(e, PromptError):
+      raise
+    raise PromptError(f"{where}: coordinates and labels must be numbers") from None
+  if q_points.ndim != 2 or q_points.shape[1] != 2 or len(q_points) == 0:
+    raise PromptError(f"{where}: 'points' must be a non-empty list of [x, y]")
+  if q_labels.shape != (len(q_points),):
+    raise PromptError(f"{where}: {len(q_points)} points but {q_labels.size} labels")
+  if not np.isin(q_labels, (-1, 0, 1, 2, 3)).all():
+    raise PromptError(f"{where}: labels must be -1, 0, 1, 2 or 3")
+  return q_points.astype(np.float32), q_labels.astype(np.float32)
+
+
+class Predictor:
+  """Embeds an image once, then answers any number of point/box queries against it.
+
+    predictor = Predictor.from_checkpoint("efficient_sam_vitt.pt")
+    predictor.set_image(image)                       # (H, W, 3) uint8 RGB
+    out = predictor.predict(boxes=np.array([[x1, y1, x2, y2], ...]))
+    out["logits"]  # (Q, 3, H, W); out["iou"] (Q, 3); out["low_res_logits"] (Q, 3, 256, 256)
+  """
+
+  def __init__(self, params, config: es.EfficientSamConfig):
+    self.config = config
+    self.params = jax.device_put(params)
+    model = es.EfficientSam(config)
+    size = config.image_size
+
+    # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
+    self._preprocess = jax.jit(
+        lambda image: es.preprocess(image[None].astype(jnp.float32) / 255.0, size))
+    # One shape, (1, size, size, 3): compiled once for all images.
+    self._encode = jax.jit(
+        lambda p, x: model.apply({"params": p}, x, method=es.EfficientSam.encode))
+
+    def decode(p, embeddings, points, labels, input_hw):
+      """(1, g, g, C), (Qb, n, 2), (Qb, n), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3)."""
+      chunk = min(points.shape[0], QUERY_CHUNK)
+
+      def one_chunk(xs):
+        low, iou = model.apply({"params": p}, embeddings, xs[0][None], xs[1][None], input_hw,
+                               method=es.EfficientSam.predict_masks)
+        return low[0], iou[0]
+
+      shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
+      low, iou = jax.lax.map(one_chunk, (shaped(points), shaped(labels)))
+      return low.reshape((-1,) + low.shape[2:]), iou.reshape((-1,) + iou.shape[2:])
+
+    self._decode = jax.jit(decode)
+    self._upscale = jax.jit(es.upscale_logits, static_argnums=(1, 2))
+    self._embeddings = None
+    self._image_hw = None
+
+  @classmethod
+  def from_checkpoint(cls, path: str, model: str | None = None, **config_overrides):
+    """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load)."""
+    name, params = model_files.load(path, model)
+    return cls(params, es.EfficientSamConfig.from_name(name, **config_overrides))
+
+  def set_image(self, image: np.ndarray) -> None:
+    """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+      raise PromptError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
+                        f"{image.shape}")
+    self._image_hw = image.shape[:2]
+    self._embeddings = self._encode(self.params, self._preprocess(image))
+
+  @property
+  def image_embeddings(self) -> np.ndarray:
+    """(256, g, g): the release's channels-first layout."""
+    self._require_image()
+    return np.asarray(self._embeddings[0]).transpose(2, 0, 1)
+
+  def predict(self, points=None, labels=None, boxes=None, full_resolution: bool = True) -> dict:
+    """Decodes queries against the current image (all in one jitted call).
+
+    Args:
+      points: (Q, N, 2) (x, y) original-image pixels, with labels (Q, N) in {-1, 0, 1, 2, 3}.
+      boxes: (Q', 4) x1, y1, x2, y2; appended after the point queries.
+      full_resolution: also return `logits` resized to the image (bicubic).
+    Returns:
+      {"low_res_logits": (Q, 3, 4g, 4g), "iou": (Q, 3), "logits": (Q, 3, H, W)} numpy.
+    """
+    self._require_image()
+    queries = []
+    if points is not None:
+      points, labels = np.asarray(points), np.asarray(labels)
+      queries += [{"points": p.tolist(), "labels": l.tolist()} for p, l in zip(points, labels)]
+    if boxes is not None:
+      queries += [{"box": b} for b in np.asarray(boxes, np.float32).tolist()]
+    all_points, all_labels = queries_to_arrays(queries, self.config.max_num_points)
+    return self.predict_arrays(all_points, all_labels, full_resolution)
+
+  def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
+                     full_resolution: bool = True) -> dict:
+    """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n)."""
+    self._require_image()
+    q = points.shape[0]
+    padded = bucket_size(q)
+    if padded > QUERY_CHUNK:  # whole chunks inside the call
+      padded = -(-padded // QUERY_CHUNK) * QUERY_CHUNK
+    pad = ((0, padded - q),) + ((0, 0),) * (points.ndim - 1)
+    points = np.pad(points.astype(np.float32), pad, constant_values=-1.0)
+    labels = np.pad(labels.astype(np.float32), pad[:2], constant_values=pe.LABEL_PADDING)
+    low, iou = self._decode(self.params, self._embeddings, points, labels,
+                            np.asarray(self._image_hw, np.int32))
+    out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
+    if full_resolution:
+      out["logits"] = self.upscale(low[:q])
+    return out
+
+  def upscale(self, low_res_logits) -> np.ndarray:
+    """(Q, M, 4g, 4g) -> (Q, M, H, W) float32 numpy, in chunks to bound device memory."""
+    h, w = self._image_hw
+    low_res_logits = jnp.asarray(low_res_logits)
+    q = low_res_logits.shape[0]
+    out = np.empty((q,) + low_res_logits.shape[1:2] + (h, w), np.float32)
+    chunk = min(bucket_size(q), QUERY_CHUNK)
+    for start in range(0, q, chunk):
+      part = low_res_logits[start:start + chunk]
+      n = part.shape[0]
+      if n < chunk:  # same shape every time: one compilation per image size
+        part = jnp.pad(part, ((0, chunk - n),) + ((0, 0),) * (part.ndim - 1))
+      out[start:start + n] = np.asarray(self._upscale(part, h, w))[:n]
+    return out
+
+  def _require_image(self):
+    if self._embeddings is None:
+      raise PromptError("call set_image before predict")
+
+
+# ----------------------------------------------------------------------------------------
+# Overlay
+
+# Distinct, saturated colours (RGB); cycled when there are more queries.
+_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+            (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
+            (128, 128, 0), (255, 215, 180), (0, 0, 128), (255, 225, 25), (128, 128, 128))
+
+
+def overlay_image(image: np.ndarray, logits: np.ndarray, iou: np.ndarray, points: np.ndarray,
+                  labels: np.ndarray, alpha: float = 0.45):
+  """Best mask (highest IoU) of each query over the image, prompts marked. Returns a PIL image.
+
+  image (H, W, 3) uint8, logits (Q, M, H, W), iou (Q, M), points (Q, n, 2), labels (Q, n).
+  """
+  from PIL import Image, ImageDraw
+
+  canvas = image.astype(np.float32)
+  best = np.argmax(iou, axis=1)
+  for i in range(len(logits)):
+    mask = logits[i, best[i]] > 0
+    colour = np.asarray(_PALETTE[i % len(_PALETTE)], np.float32)
+    canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
+    canvas[_boundary(mask)] = colour  # an opaque outline keeps overlapping masks apart
+  result = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
+  draw = ImageDraw.Draw(result)
+  radius = max(3, round(max(image.shape[:2]) / 150))
+  for i in range(len(logits)):
+    colour = _PALETTE[i % len(_PALETTE)]
+    valid = labels[i] != pe.LABEL_PADDING
+    pts, lbl = points[i][valid], labels[i][valid]
+    corners = pts[(lbl == pe.LABEL_BOX_TOP_LEFT) | (lbl == pe.LABEL_BOX_BOTTOM_RIGHT)]
+    if len(corners) == 2:
+      (x1, y1), (x2, y2) = corners
+      draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=colour,
+                     width=max(2, radius // 2))
+    for (x, y), label in zip(pts, lbl):
+      if label in (pe.LABEL_BOX_TOP_LEFT, pe.LABEL_BOX_BOTTOM_RIGHT):
+        continue
+      # Positive clicks filled with the query colour, negative ones black; white rim.
+      fill = colour if label == pe.LABEL_POSITIVE else (0, 0, 0)
+      draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=fill,
+                   outline=(255, 255, 255), width=max(1, radius // 3))
+  return result
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+  """(H, W) bool -> pixels of the mask with a 4-neighbour outside it (or the image edge)."""
+  inner = np.zeros_like(mask)
+  inner[1:-1, 1:-1] = (mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2]
+                       & mask[1:-1, 2:])
+  return mask & ~inner
+
+
+# ----------------------------------------------------------------------------------------
+# CLI
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Declared at run time, not import time: convert and predict share flag names and
+  tests import both into one process."""
+  flags.DEFINE_string("checkpoint", None, "Released .pt, JAX parameter checkpoint, or workdir.")
+  flags.DEFINE_string("image", None, "Input image (any format PIL reads; converted to RGB).")
+  flags.DEFINE_string("prompts", None, "JSON list of {'points','labels'} or {'box'} queries.")
+  flags.DEFINE_string("output", None, "Output .npz: logits, low_res_logits, iou, "
+                      "image_embeddings.")
+  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits; inferred when "
+                      "omitted.")
+  flags.DEFINE_string("overlay", None, "Optional PNG: best mask of each query over the image.")
+
+
+def _read_image(path: str) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except FileNotFoundError:
+    raise PromptError(f"{path}: no such image") from None
+  except (UnidentifiedImageError, OSError) as e:
+    raise PromptError(f"{path}: cannot read image ({' '.join(str(e).split())})") from None
+
+
+def _read_prompts(path: str) -> list:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise PromptError(f"{path}: no such prompts file") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise PromptError(f"{path}: not valid JSON ({e})") from None
+
+
+def run(checkpoint: str, image_path: str, prompts_path: str, output: str,
+        model: str | None = None, overlay: str | None = None) -> dict:
+  """The CLI's work; returns the arrays written. Raises PromptError / ModelFileError."""
+  image = _read_image(image_path)
+  # Prompts are checked before the (slower) model load; every EfficientSAM takes 6 points.
+  points, labels = queries_to_arrays(_read_prompts(prompts_path),
+                                     es.EfficientSamConfig().max_num_points)
+  predictor = Predictor.from_checkpoint(checkpoint, model)
+  predictor.set_image(image)
+  out = predictor.predict_arrays(points, labels)
+  out["image_embeddings"] = predictor.image_embeddings
+  try:
+    np.savez(output, **out)
+    if overlay:
+      overlay_image(image, out["logits"], out["iou"], points, labels).save(overlay,
+                                                                             format="PNG")
+  except OSError as e:
+    raise PromptError(f"cannot write output ({' '.join(str(e).split())})") from None
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a restore at INFO
+  missing = [n for n in ("checkpoint", "image", "prompts", "output") if not FLAGS[n].value]
+  if missing:
+    _fail(f"missing --{', --'.join(missing)} (see --help)")
+  try:
+    out = run(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output, FLAGS.model,
+              FLAGS.overlay)
+  except (PromptError, model_files.ModelFileError) as e:
+    _fail(str(e))
+  print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits "
+        f"{tuple(out['logits'].shape)}")
+
+
+def _fail(message: str):
+  print(f"predict: error: {message}", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)  # see convert._fail: keeps Orbax's shutdown noise from burying the message
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

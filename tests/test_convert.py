@@ -1,0 +1,154 @@
+"""`python -m efficientsam_jax.convert`: round trips, inference of the model, refusals."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import require_module
+from efficientsam_jax import checkpointing, convert, model_files, torch_io
+from efficientsam_jax.models import efficient_sam as es
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def released(fixtures_dir):
+  return str(fixtures_dir / "efficient_sam_vitt_random.pt")
+
+
+@pytest.fixture(scope="module")
+def released_state(released):
+  return torch_io.load(released)["model"]
+
+
+@pytest.fixture(scope="module")
+def jax_dir(released, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("convert") / "vitt_jax")
+  assert convert.convert(released, out) == "efficientsam_vitt"
+  return out
+
+
+def _assert_identical(ours: dict, theirs: dict):
+  assert list(ours) == list(theirs)
+  for name, value in theirs.items():
+    assert ours[name].dtype == value.dtype and ours[name].shape == value.shape, name
+    assert ours[name].tobytes() == value.tobytes(), name
+
+
+def test_round_trip_is_bit_exact(jax_dir, released_state, tmp_path):
+  require_module("torch")
+  back = str(tmp_path / "back.pt")
+  assert convert.convert(jax_dir, back) == "efficientsam_vitt"  # name from the metadata
+  loaded = torch_io.load(back)
+  assert list(loaded) == ["model"]
+  _assert_identical(loaded["model"], released_state)
+
+
+def test_state_dict_format(jax_dir, tmp_path):
+  require_module("torch")
+  out = str(tmp_path / "plain.pth")
+  convert.convert(jax_dir, out, torch_format="state_dict")
+  assert len(torch_io.load(out)) == 278
+
+
+def test_jax_checkpoint_holds_metadata(jax_dir, released_state):
+  params, metadata = checkpointing.restore_params(jax_dir)
+  assert metadata["model"] == "efficientsam_vitt"
+  assert metadata["format"] == model_files.PARAMS_FORMAT
+  flat = es.params_to_torch(jax.tree.map(np.asarray, params))
+  _assert_identical(flat, released_state)
+
+
+def test_model_mismatch(jax_dir, tmp_path):
+  with pytest.raises(model_files.ModelFileError, match="holds efficientsam_vitt"):
+    convert.convert(jax_dir, str(tmp_path / "x.pt"), model="efficientsam_vits")
+
+
+def test_vits_inferred_from_width(tmp_path):
+  require_module("torch")
+  shapes = es.abstract_params(es.EfficientSamConfig.from_name("efficientsam_vits"))
+  params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), shapes)
+  path = str(tmp_path / "vits.pt")
+  torch_io.save({"model": es.params_to_torch(params)}, path)
+  assert convert.convert(path, str(tmp_path / "vits_jax")) == "efficientsam_vits"
+
+
+def test_training_workdir_input(released_state, tmp_path):
+  require_module("torch")
+  _, params = model_files.params_from_state_dict(released_state)
+  manager = checkpointing.TrainCheckpoints(str(tmp_path / "work"), async_save=False)
+  for step in (1, 2):  # the latest one is used
+    scaled = jax.tree.map(lambda x, s=step: x * s, params)
+    manager.save(step, scaled, {"count": np.zeros((), np.int32)})
+  manager.close()
+  out = str(tmp_path / "from_workdir.pt")
+  assert convert.convert(str(tmp_path / "work"), out) == "efficientsam_vitt"
+  got = torch_io.load(out)["model"]
+  name = "mask_decoder.iou_token.weight"
+  np.testing.assert_array_equal(got[name], released_state[name] * 2)
+
+
+@pytest.mark.parametrize("edit,message", [
+    ("drop", "missing tensor 'mask_decoder.iou_token.weight'"),
+    ("extra", "unexpected tensor 'mask_decoder.extra.weight'"),
+    ("reshape", "tensor 'mask_decoder.iou_token.weight' has shape (2, 128)"),
+])
+def test_misfit_tensors_named(released_state, tmp_path, edit, message):
+  require_module("torch")
+  state = dict(released_state)
+  if edit == "drop":
+    del state["mask_decoder.iou_token.weight"]
+  elif edit == "extra":
+    state["mask_decoder.extra.weight"] = np.zeros(3, np.float32)
+  else:
+    state["mask_decoder.iou_token.weight"] = state["mask_decoder.iou_token.weight"].reshape(2, 128)
+  path = str(tmp_path / "bad.pt")
+  torch_io.save({"model": state}, path)
+  with pytest.raises(model_files.ModelFileError) as info:
+    convert.convert(path, str(tmp_path / "out"))
+  assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupted_inputs(released, jax_dir, tmp_path):
+  truncated = tmp_path / "truncated.pt"
+  truncated.write_bytes(open(released, "rb").read()[:100_000])
+  with pytest.raises(model_files.ModelFileError, match="truncated"):
+    convert.convert(str(truncated), str(tmp_path / "out1"))
+  not_a_checkpoint = tmp_path / "empty_dir"
+  not_a_checkpoint.mkdir()
+  with pytest.raises(model_files.ModelFileError, match="not a parameter checkpoint"):
+    convert.convert(str(not_a_checkpoint), str(tmp_path / "out2.pt"))
+
+
+def test_damaged_jax_directory(jax_dir, tmp_path):
+  damaged = tmp_path / "damaged"
+  subprocess.run(["cp", "-r", jax_dir, str(damaged)], check=True)
+  for root, _, files in os.walk(damaged / "params"):
+    for name in files:
+      if "manifest" in name or name.startswith("d") or root.endswith("/d"):
+        os.remove(os.path.join(root, name))
+  with pytest.raises(model_files.ModelFileError) as info:
+    convert.convert(str(damaged), str(tmp_path / "out.pt"))
+  assert "\n" not in str(info.value)
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", "efficientsam_jax.convert", *args],
+                        capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_cli(released, tmp_path):
+  require_module("torch")
+  ok = _cli(f"--input={released}", f"--output={tmp_path / 'jax'}")
+  assert ok.returncode == 0, ok.stderr
+  assert "efficientsam_vitt" in ok.stdout
+  for args in ([f"--input={released}", f"--output={tmp_path / 'jax'}"],  # exists
+               [f"--input={tmp_path / 'missing.pt'}", f"--output={tmp_path / 'x'}"],
+               [f"--input={released}", f"--output={tmp_path / 'y'}", "--model=sam_vit_h"]):
+    bad = _cli(*args)
+    assert bad.returncode != 0
+    assert bad.stderr.startswith("convert: error: ") and bad.stderr.count("\n") == 1, bad.stderr

@@ -1,0 +1,117 @@
+"""EfficientSAM against the official PyTorch outputs stored in ../shared (random weights).
+
+The encoder and the decoder are each compiled once per module (module-scoped fixtures).
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from efficientsam_jax import weights
+from efficientsam_jax.models import efficient_sam as es
+
+
+@pytest.fixture(scope="module")
+def state_dict(fixtures_dir):
+  return weights.load_torch_file(str(fixtures_dir / "efficient_sam_vitt_random.pt"))
+
+
+@pytest.fixture(scope="module")
+def golden(fixtures_dir):
+  return dict(np.load(fixtures_dir / "efficient_sam_vitt_random_io.npz"))
+
+
+@pytest.fixture(scope="module")
+def model_and_params(state_dict):
+  config = es.EfficientSamConfig.from_name(es.infer_model_name(state_dict))
+  return es.EfficientSam(config), es.params_from_torch(state_dict, config)
+
+
+@pytest.fixture(scope="module")
+def embeddings(model_and_params, golden):
+  model, params = model_and_params
+  images = jnp.asarray(golden["image_uint8"][None], jnp.float32) / 255.0
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x,
+                                            method=es.EfficientSam.get_image_embeddings))
+  return np.asarray(encode(params, images))
+
+
+@pytest.fixture(scope="module")
+def decoded(model_and_params, golden, embeddings):
+  model, params = model_and_params
+  hw = golden["image_uint8"].shape[:2]
+  decode = jax.jit(lambda p, e, pts, lbl: model.apply(
+      {"params": p}, e, pts, lbl, hw, None, method=es.EfficientSam.predict_masks))
+  low, iou = decode(params, embeddings, golden["points"], golden["labels"])
+  return np.asarray(low), np.asarray(iou)
+
+
+def test_infers_vitt(state_dict):
+  assert es.infer_model_name(state_dict) == "efficientsam_vitt"
+  assert len(state_dict) == 278
+
+
+def test_image_embeddings(embeddings, golden):
+  # ours are NHWC, the release's NCHW
+  diff = np.abs(embeddings.transpose(0, 3, 1, 2) - golden["image_embeddings"]).max()
+  assert diff < 1e-4, diff
+
+
+def test_low_res_logits_and_iou(decoded, golden):
+  low, iou = decoded
+  assert low.shape == (1, 3, 3, 256, 256) and iou.shape == (1, 3, 3)
+  assert np.abs(low - golden["low_res_logits"]).max() < 1e-4
+  assert np.abs(iou - golden["iou_predictions"]).max() < 1e-5
+
+
+def test_full_resolution(decoded, golden):
+  h, w = golden["image_uint8"].shape[:2]
+  full = np.asarray(es.upscale_logits(jnp.asarray(decoded[0]), h, w))
+  assert np.abs(full[0, 0] - golden["full_res_logits_query0"]).max() < 1e-3
+  shape = tuple(golden["full_res_shape"])
+  masks = np.unpackbits(golden["full_res_masks_packed"], axis=-1)[..., :shape[-1]].astype(bool)
+  assert masks.shape == shape == full.shape
+  assert np.mean(masks == (full > 0)) >= 0.999
+
+
+def test_export_is_bit_exact(model_and_params, state_dict):
+  exported = es.params_to_torch(model_and_params[1])
+  assert list(exported) == list(state_dict)  # the release's key order too
+  for name, value in state_dict.items():
+    ours = exported[name]
+    assert ours.shape == value.shape and ours.dtype == value.dtype, name
+    assert ours.tobytes() == np.ascontiguousarray(value).tobytes(), name
+
+
+def test_vits_export_matches_manifest(fixtures_dir):
+  manifest = json.loads((fixtures_dir / "state_dict_manifest.json").read_text())["vits"]
+  shapes = es.abstract_params(es.EfficientSamConfig.from_name("efficientsam_vits"))
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  exported = es.params_to_torch(params)
+  assert [(k, list(v.shape)) for k, v in exported.items()] == [(k, s) for k, s in manifest]
+  assert sum(v.size for v in exported.values()) == 26_413_028 + 256  # + the Fourier buffer
+
+
+def test_fourier_matrix_is_frozen(model_and_params):
+  mask = es.trainable_mask(model_and_params[1])
+  flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+  frozen = [jax.tree_util.keystr(path) for path, trainable in flat if not trainable]
+  assert frozen == ["['prompt_encoder']['pe_layer']['positional_encoding_gaussian_matrix']"]
+
+
+def test_small_image_size_runs():
+  """Demo/test models use a smaller encoder input; the decoder scales with the grid."""
+  config = es.EfficientSamConfig(image_size=64)
+  model = es.EfficientSam(config)
+  images = jnp.zeros((2, 40, 50, 3))
+  points = jnp.asarray([[[[10.0, 5.0]]]] * 2)
+  labels = jnp.ones((2, 1, 1))
+  # Shapes only: eval_shape traces without running (eager flax runs op by op, slowly).
+  variables = jax.eval_shape(model.init, jax.random.key(0), images, points, labels)
+  logits, iou = jax.eval_shape(model.apply, variables, images, points, labels)
+  assert logits.shape == (2, 1, 3, 40, 50) and iou.shape == (2, 1, 3)
+  low, _ = jax.eval_shape(lambda v: model.apply(v, images, points, labels,
+                                                scale_to_original_image_size=False), variables)
+  assert low.shape == (2, 1, 3, 16, 16)
