@@ -25,7 +25,11 @@ def main(argv):
   from efficientsam_jax import data, runtime, trainers
   from efficientsam_jax.errors import UserError
 
-  runtime.initialize_distributed(flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  try:
+    runtime.initialize_distributed(flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(runtime.EXIT_USER_ERROR)
   logging.info("JAX %s, process %d/%d, %d local / %d global devices (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)

@@ -59,7 +59,11 @@ def initialize_distributed(num_processes: int | None = None, process_id: int | N
   if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
     # CPU processes need a cross-process collective library (tests, CPU clusters).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
+  try:
+    jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
+  except ValueError as e:  # e.g. a coordinator address with no way to learn the count
+    raise UserError(f"cannot join the cluster: {' '.join(str(e).split())} (outside TPU pods "
+                    "and Slurm pass --num_processes and --process_id)") from e
 
 
 class PreemptionWatch:
