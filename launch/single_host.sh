@@ -4,6 +4,8 @@
 set -euo pipefail
 
 PROG=launch/single_host.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEFAULT_GPU_XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true"
 
@@ -35,33 +37,6 @@ Example:
   $PROG --cpu --config=configs/sami_vitt.py:demo,smoke --workdir=/tmp/smoke -- --config.total_steps=2
   $PROG --gpus=0,1,2,3 --config=configs/sami_vitt.py --workdir=/data/runs/sami_vitt
 EOF
-}
-
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-
-# Prints one argument shell-quoted (bare when it is safe, else in single quotes).
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='value', the usual spelling
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  elif [[ $1 =~ ^([A-Z_][A-Z0-9_]*=)(.*)$ ]]; then  # NAME='value' for env assignments
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-print_cmd() {
-  local first=1 a
-  for a in "$@"; do
-    [[ $first == 1 ]] || printf ' '
-    quote "$a"
-    first=0
-  done
-  printf '\n'
 }
 
 # ---- arguments ---------------------------------------------------------------------------
@@ -140,8 +115,8 @@ CMD=(env "${ENV[@]}" "$PYTHON" -m efficientsam_jax.main --config="$CONFIG" --wor
      "${EXTRA[@]}")
 
 if [[ $DRY_RUN == 1 ]]; then
-  print_cmd cd "$REPO_ROOT"
-  print_cmd exec "${CMD[@]}"
+  quote_all cd "$REPO_ROOT"; printf '\n'
+  quote_all exec "${CMD[@]}"; printf '\n'
   exit 0
 fi
 cd "$REPO_ROOT"

@@ -4,6 +4,8 @@
 set -euo pipefail
 
 PROG=launch/slurm_gpu.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEFAULT_XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true"
 
@@ -49,39 +51,6 @@ Example:
       --config=configs/sami_vitt.py --workdir=/shared/runs/sami_vitt \\
       -- --config.data.tfds_data_dir=/shared/tfds
 EOF
-}
-
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-
-# Prints one argument shell-quoted (bare when it is safe, else in single quotes).
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='value', the usual spelling
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local first=1 a
-  for a in "$@"; do
-    [[ $first == 1 ]] || printf ' '
-    quote "$a"
-    first=0
-  done
-}
-
-# Runs a command, or prints it (one line, quoted so it can be pasted) under --dry-run.
-run_cmd() {
-  if [[ $DRY_RUN == 1 ]]; then
-    quote_all "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
 }
 
 # ---- arguments ---------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 set -euo pipefail
 
 PROG=launch/tpu_pod.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 usage() {
@@ -57,35 +59,6 @@ Example:
                 --bucket=my-bucket -- --config.data.tfds_data_dir=gs://my-bucket/tfds
   $PROG delete  --name=sami --zone=us-central2-b
 EOF
-}
-
-die() { echo "$PROG: error: $*" >&2; exit 2; }
-
-# Prints one argument shell-quoted (bare when it is safe, else in single quotes).
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='value', the usual spelling
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-# Runs a command, or prints it (one line, quoted so it can be pasted) under --dry-run.
-run_cmd() {
-  if [[ $DRY_RUN == 1 ]]; then
-    local first=1 a
-    for a in "$@"; do
-      [[ $first == 1 ]] || printf ' '
-      quote "$a"
-      first=0
-    done
-    printf '\n'
-  else
-    "$@"
-  fi
 }
 
 # ---- arguments ---------------------------------------------------------------------------
@@ -217,12 +190,8 @@ do_run() {
 
   local train=("$VENV/bin/python" -m efficientsam_jax.main --config="$CONFIG" --workdir="$WORKDIR"
                "${EXTRA[@]}")
-  local train_q="" first=1
-  for a in "${train[@]}"; do
-    [[ $first == 1 ]] || train_q+=" "
-    train_q+=$(quote "$a")
-    first=0
-  done
+  local train_q
+  train_q=$(quote_all "${train[@]}")
   # main.py calls jax.distributed.initialize() only when it sees a cluster; the GKE variable
   # it checks (TPU_WORKER_HOSTNAMES) is not set on a TPU VM created by gcloud, so export the
   # coordinator (worker 0, the first of worker-network-endpoints, port 8482: the address jax's

@@ -368,6 +368,7 @@ def test_shellcheck():
     if os.environ.get("CI") == "true":
       pytest.fail("shellcheck is not installed; CI must lint launch/*.sh")
     pytest.skip("shellcheck not installed")
-  proc = subprocess.run([shellcheck, *(str(LAUNCH / s) for s in SCRIPTS)], capture_output=True,
+  proc = subprocess.run([shellcheck, *(str(LAUNCH / s) for s in [*SCRIPTS, "lib.sh"])],
+                        capture_output=True,
                         text=True)
   assert proc.returncode == 0, proc.stdout
