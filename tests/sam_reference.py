@@ -23,7 +23,7 @@ def _bare_package(name: str):
 
 def _stub_timm():
   """The three timm helpers tiny_vit_sam imports; none of them changes inference."""
-  if importlib.util.find_spec("timm") is not None:
+  if "timm" in sys.modules or importlib.util.find_spec("timm") is not None:
     return
   import torch
   layers = types.ModuleType("timm.models.layers")

@@ -219,7 +219,9 @@ def params_from_torch(state_dict: Mapping[str, Any], config: SamConfig) -> dict:
 def params_to_torch(params) -> dict[str, np.ndarray]:
   """Flax params -> the release's state_dict (torch names, layouts, dtypes and key order)."""
   state_dict = weights.flax_to_torch(params, conv_transpose=CONV_TRANSPOSE)
-  for key in state_dict:  # torch keeps this counter as int64; JAX may hold it as int32
+  for key in state_dict:
+    # torch keeps this counter as a 0-d int64; JAX may hold it as int32 and the checkpoint
+    # library may store scalars as (1,).
     if key.endswith("num_batches_tracked"):
-      state_dict[key] = state_dict[key].astype(np.int64)
+      state_dict[key] = state_dict[key].astype(np.int64).reshape(())
   return weights.sort_torch_keys(state_dict, _TORCH_ORDER)
