@@ -100,7 +100,8 @@ def test_release_layout_round_trip(tmp_path):
 
 
 def test_tiny_vit_shapes_and_buffers():
-  params = tiny_vit.TinyViT().init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+  params = jax.eval_shape(tiny_vit.TinyViT().init, jax.random.key(0),
+                          jnp.zeros((1, 64, 64, 3)))["params"]
   counts = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   assert counts > 0 and "norm_head" in params and "head" in params
   assert tiny_vit.attention_bias_index(7).max() + 1 == 49  # (|dy|, |dx|) in 0..6 x 0..6
