@@ -107,7 +107,7 @@ def reference_input(image_uint8: np.ndarray, model, image_size=1024):
   h, w = image_uint8.shape[:2]
   scale = image_size * 1.0 / max(h, w)
   size = (int(h * scale + 0.5), int(w * scale + 0.5))
-  x = torch.from_numpy(image_uint8).permute(2, 0, 1)[None].float()
+  x = torch.from_numpy(np.array(image_uint8)).permute(2, 0, 1)[None].float()
   x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
   with torch.no_grad():
     return model.preprocess(x), size
