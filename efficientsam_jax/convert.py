@@ -1,4 +1,4 @@
-r"""Converts EfficientSAM weights between the PyTorch release and JAX checkpoints.
+r"""Converts EfficientSAM, SAM and MobileSAM weights between PyTorch files and JAX checkpoints.
 
   python -m efficientsam_jax.convert --input=efficient_sam_vitt.pt --output=/tmp/vitt_jax
   python -m efficientsam_jax.convert --input=/tmp/vitt_jax --output=again.pt
@@ -23,11 +23,13 @@ def define_flags():
   tests import both into one process."""
   flags.DEFINE_string("input", None, "PyTorch file, JAX parameter checkpoint, or training workdir.")
   flags.DEFINE_string("output", None, "Output: a .pt/.pth file or a new JAX checkpoint directory.")
-  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits (sam_vit_b/l/h later);"
-                      " inferred from the tensors when omitted.")
+  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits | sam_vit_b | "
+                      "sam_vit_l | sam_vit_h | mobile_sam; inferred from the tensors when "
+                      "omitted.")
   flags.DEFINE_enum("format", "released", ["released", "state_dict"],
-                    "PyTorch output layout: 'released' = {'model': state_dict} as EfficientSAM "
-                    "ships it; 'state_dict' = a bare state_dict.")
+                    "PyTorch output layout: 'released' = as the model ships ({'model': "
+                    "state_dict} for EfficientSAM, a bare state_dict for SAM and MobileSAM); "
+                    "'state_dict' = a bare state_dict.")
 
 
 def convert(input_path: str, output_path: str, model: str | None = None,

@@ -14,12 +14,13 @@ import numpy as np
 
 from efficientsam_jax import checkpointing, torch_io, weights
 from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models import sam
 
 TORCH_SUFFIXES = (".pt", ".pth")
 PARAMS_FORMAT = "efficientsam_jax.params/1"  # metadata["format"] of our parameter checkpoints
-# Models convert can write today (SAM sizes come with the SAM decoder).
-KNOWN_MODELS = tuple(es.MODELS)
-PLANNED_MODELS = ("sam_vit_b", "sam_vit_l", "sam_vit_h")
+# Every model name the CLIs accept: EfficientSAM sizes, then SAM sizes and MobileSAM.
+KNOWN_MODELS = tuple(es.MODELS) + tuple(sam.MODELS)
+PLANNED_MODELS = ()
 
 
 class ModelFileError(ValueError):
@@ -38,24 +39,41 @@ def check_model_name(name: str | None) -> None:
   raise ModelFileError(f"unknown model {name!r}; known: {KNOWN_MODELS}")
 
 
-def _config(name: str, **overrides) -> es.EfficientSamConfig:
+def is_sam(name: str) -> bool:
+  """SAM family (sam_vit_*, mobile_sam): plain state_dict files, models/sam.py."""
+  return name in sam.MODELS
+
+
+def config_for(name: str, **overrides):
+  """The model config of a known name (EfficientSamConfig or SamConfig)."""
   check_model_name(name)
-  return es.EfficientSamConfig.from_name(name, **overrides)
+  family = sam.SamConfig if is_sam(name) else es.EfficientSamConfig
+  return family.from_name(name, **overrides)
+
+
+def _family(name: str):
+  return sam if is_sam(name) else es
+
+
+def infer_model_name(state_dict) -> str:
+  """From the tensors: SAM sizes and MobileSAM by their encoder, else EfficientSAM sizes."""
+  return sam.infer_model_name(state_dict) or es.infer_model_name(state_dict)
 
 
 def _infer_from_params(params) -> str:
-  try:
-    width = np.shape(params["image_encoder"]["pos_embed"])[-1]
-  except (KeyError, TypeError):
-    raise ModelFileError("parameters have no image_encoder/pos_embed; not an EfficientSAM "
-                         "model") from None
-  return es.infer_model_name({"image_encoder.pos_embed": np.zeros((1, 1, width))})
+  encoder = params.get("image_encoder", {})
+  if "pos_embed" not in encoder and "patch_embed" not in encoder:
+    raise ModelFileError("parameters have no image_encoder/pos_embed; not a SAM-family "
+                         "model")
+  if "seq_0" in encoder.get("patch_embed", {}):
+    return "mobile_sam"
+  return infer_model_name({"image_encoder.pos_embed": np.zeros(np.shape(encoder["pos_embed"]))})
 
 
 def params_from_state_dict(state_dict: dict, model: str | None = None) -> tuple[str, dict]:
   """Torch state_dict -> (model name, flax params); checks every name and shape."""
-  name = model or es.infer_model_name(state_dict)
-  return name, es.params_from_torch(state_dict, _config(name))
+  name = model or infer_model_name(state_dict)
+  return name, _family(name).params_from_torch(state_dict, config_for(name))
 
 
 def load_torch(path: str, model: str | None = None) -> tuple[str, dict]:
@@ -72,14 +90,15 @@ def load_jax(directory: str, model: str | None = None) -> tuple[str, dict]:
   params = jax.tree.map(np.asarray, params)
   if not isinstance(params, dict) or not {"image_encoder", "mask_decoder"} <= set(params):
     keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-    raise ModelFileError(f"{directory}: parameters are not a whole EfficientSAM model "
+    raise ModelFileError(f"{directory}: parameters are not a whole SAM-family model "
                          f"(top level: {keys})")
   if model and stored_name and model != stored_name:
     raise ModelFileError(f"{directory} holds {stored_name}, not {model}")
   name = model or stored_name or _infer_from_params(params)
   # Same strict check as for torch files (every tensor present, named and shaped right); it
   # also rebuilds the tree in the model's own order.
-  return name, es.params_from_torch(es.params_to_torch(params), _config(name))
+  family = _family(name)
+  return name, family.params_from_torch(family.params_to_torch(params), config_for(name))
 
 
 def load(path: str, model: str | None = None) -> tuple[str, dict]:
@@ -99,10 +118,12 @@ def load(path: str, model: str | None = None) -> tuple[str, dict]:
 
 
 def save_torch(path: str, name: str, params, plain: bool = False) -> None:
-  """Writes the released format {"model": state_dict} (or a bare state_dict with plain)."""
+  """Writes the model's released format: EfficientSAM {"model": state_dict} (or a bare
+  state_dict with plain); SAM and MobileSAM always a bare state_dict, as they ship."""
   if os.path.exists(path):
     raise ModelFileError(f"{path} exists; choose a new output path")
-  state_dict = es.params_to_torch(params)
+  state_dict = _family(name).params_to_torch(params)
+  plain = plain or is_sam(name)
   try:
     torch_io.save(state_dict if plain else {"model": state_dict}, path)
   except RuntimeError as e:

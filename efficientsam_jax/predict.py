@@ -1,4 +1,4 @@
-r"""Promptable segmentation with EfficientSAM: a `Predictor` API and a CLI.
+r"""Promptable segmentation with EfficientSAM, SAM and MobileSAM: a `Predictor` API and a CLI.
 
   python -m efficientsam_jax.predict --checkpoint=efficient_sam_vitt.pt --image=dogs.png \
       --prompts=prompts.json --output=out.npz [--model=NAME] [--overlay=out.png]
@@ -6,7 +6,11 @@ r"""Promptable segmentation with EfficientSAM: a `Predictor` API and a CLI.
 prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, ...]} or
 {"box": [x1, y1, x2, y2]}, in original-image pixels. out.npz holds `logits` (Q, 3, H, W),
 `low_res_logits` (Q, 3, 256, 256), `iou` (Q, 3) and `image_embeddings` (256, 64, 64): the
-released PyTorch model's `forward` outputs for the same image and prompts.
+released PyTorch model's `forward` outputs for the same image and prompts (for SAM and
+MobileSAM: SamPredictor's multimask outputs, masks 1..3, logits by `postprocess_masks`).
+
+SAM prompts: a query's points, or its box; label -1 means "no point" and is dropped (SAM's own
+padding token is added by the model). Queries are not cut to 6 points as EfficientSAM's are.
 
 Compilation: the image is resized to the encoder's input size by its own small jitted
 function, so the encoder compiles once for every image size. Queries are padded to a bucket
@@ -25,6 +29,7 @@ from absl import app, flags, logging
 from efficientsam_jax import model_files
 from efficientsam_jax.models import efficient_sam as es
 from efficientsam_jax.models import prompt_encoder as pe
+from efficientsam_jax.models import sam
 
 QUERY_BUCKETS = (1, 4, 16, 64)  # then multiples of the last
 QUERY_CHUNK = 16  # queries decoded at once inside a call: bounds memory (~0.5 GB at 1024)
@@ -96,26 +101,33 @@ class Predictor:
     out["logits"]  # (Q, 3, H, W); out["iou"] (Q, 3); out["low_res_logits"] (Q, 3, 256, 256)
   """
 
-  def __init__(self, params, config: es.EfficientSamConfig):
+  def __init__(self, params, config: es.EfficientSamConfig | sam.SamConfig):
     self.config = config
     self.params = jax.device_put(params)
-    model = es.EfficientSam(config)
+    self.is_sam = isinstance(config, sam.SamConfig)
     size = config.image_size
-
-    # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
-    self._preprocess = jax.jit(
-        lambda image: es.preprocess(image[None].astype(jnp.float32) / 255.0, size))
+    if self.is_sam:
+      model, cls = sam.Sam(config), sam.Sam
+      # Per image size (cheap): uint8 -> longest side resized, normalised, padded.
+      preprocess = lambda image: sam.preprocess(image[None].astype(jnp.float32), size)
+      predict_masks = lambda p, e, pts, lbl, hw, resized: model.apply(
+          {"params": p}, e, pts, lbl, hw, resized, method=cls.predict_masks)
+    else:
+      model, cls = es.EfficientSam(config), es.EfficientSam
+      # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
+      preprocess = lambda image: es.preprocess(image[None].astype(jnp.float32) / 255.0, size)
+      predict_masks = lambda p, e, pts, lbl, hw, resized: model.apply(
+          {"params": p}, e, pts, lbl, hw, method=cls.predict_masks)
+    self._preprocess = jax.jit(preprocess)
     # One shape, (1, size, size, 3): compiled once for all images.
-    self._encode = jax.jit(
-        lambda p, x: model.apply({"params": p}, x, method=es.EfficientSam.encode))
+    self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=cls.encode))
 
-    def decode(p, embeddings, points, labels, input_hw):
-      """(1, g, g, C), (Qb, n, 2), (Qb, n), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3)."""
+    def decode(p, embeddings, points, labels, input_hw, resized):
+      """(1, g, g, C), (Qb, n, 2), (Qb, n), (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3)."""
       chunk = min(points.shape[0], QUERY_CHUNK)
 
       def one_chunk(xs):
-        low, iou = model.apply({"params": p}, embeddings, xs[0][None], xs[1][None], input_hw,
-                               method=es.EfficientSam.predict_masks)
+        low, iou = predict_masks(p, embeddings, xs[0][None], xs[1][None], input_hw, resized)
         return low[0], iou[0]
 
       shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
@@ -123,7 +135,11 @@ class Predictor:
       return low.reshape((-1,) + low.shape[2:]), iou.reshape((-1,) + iou.shape[2:])
 
     self._decode = jax.jit(decode)
-    self._upscale = jax.jit(es.upscale_logits, static_argnums=(1, 2))
+    if self.is_sam:
+      self._upscale = jax.jit(lambda low, h, w: sam.postprocess_masks(
+          low, sam.resized_hw(h, w, size), (h, w), size), static_argnums=(1, 2))
+    else:
+      self._upscale = jax.jit(es.upscale_logits, static_argnums=(1, 2))
     self._embeddings = None
     self._image_hw = None
 
@@ -131,7 +147,16 @@ class Predictor:
   def from_checkpoint(cls, path: str, model: str | None = None, **config_overrides):
     """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load)."""
     name, params = model_files.load(path, model)
-    return cls(params, es.EfficientSamConfig.from_name(name, **config_overrides))
+    return cls(params, model_files.config_for(name, **config_overrides))
+
+  def max_points(self, queries: list) -> int:
+    """Prompt length for these queries: EfficientSAM always takes 6; SAM takes every point
+    (at least 6, so that most prompt sets share one compiled shape)."""
+    if not self.is_sam:
+      return self.config.max_num_points
+    longest = max((len(q.get("points", ())) if isinstance(q, dict) else 0 for q in queries),
+                  default=0)
+    return max(self.config.max_num_points, longest)
 
   def set_image(self, image: np.ndarray) -> None:
     """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image."""
@@ -165,7 +190,7 @@ class Predictor:
       queries += [{"points": p.tolist(), "labels": l.tolist()} for p, l in zip(points, labels)]
     if boxes is not None:
       queries += [{"box": b} for b in np.asarray(boxes, np.float32).tolist()]
-    all_points, all_labels = queries_to_arrays(queries, self.config.max_num_points)
+    all_points, all_labels = queries_to_arrays(queries, self.max_points(queries))
     return self.predict_arrays(all_points, all_labels, full_resolution)
 
   def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
@@ -179,8 +204,10 @@ class Predictor:
     pad = ((0, padded - q),) + ((0, 0),) * (points.ndim - 1)
     points = np.pad(points.astype(np.float32), pad, constant_values=-1.0)
     labels = np.pad(labels.astype(np.float32), pad[:2], constant_values=pe.LABEL_PADDING)
+    h, w = self._image_hw
     low, iou = self._decode(self.params, self._embeddings, points, labels,
-                            np.asarray(self._image_hw, np.int32))
+                            np.asarray((h, w), np.int32),
+                            np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
     out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
     if full_resolution:
       out["logits"] = self.upscale(low[:q])
@@ -275,8 +302,8 @@ def define_flags():
   flags.DEFINE_string("prompts", None, "JSON list of {'points','labels'} or {'box'} queries.")
   flags.DEFINE_string("output", None, "Output .npz: logits, low_res_logits, iou, "
                       "image_embeddings.")
-  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits; inferred when "
-                      "omitted.")
+  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits | sam_vit_b | "
+                      "sam_vit_l | sam_vit_h | mobile_sam; inferred when omitted.")
   flags.DEFINE_string("overlay", None, "Optional PNG: best mask of each query over the image.")
 
 
@@ -305,10 +332,11 @@ def run(checkpoint: str, image_path: str, prompts_path: str, output: str,
         model: str | None = None, overlay: str | None = None) -> dict:
   """The CLI's work; returns the arrays written. Raises PromptError / ModelFileError."""
   image = _read_image(image_path)
-  # Prompts are checked before the (slower) model load; every EfficientSAM takes 6 points.
-  points, labels = queries_to_arrays(_read_prompts(prompts_path),
-                                     es.EfficientSamConfig().max_num_points)
+  # Prompts are checked before the (slower) model load.
+  queries = _read_prompts(prompts_path)
+  queries_to_arrays(queries, es.EfficientSamConfig().max_num_points)
   predictor = Predictor.from_checkpoint(checkpoint, model)
+  points, labels = queries_to_arrays(queries, predictor.max_points(queries))
   predictor.set_image(image)
   out = predictor.predict_arrays(points, labels)
   out["image_embeddings"] = predictor.image_embeddings

@@ -30,13 +30,19 @@ def _cubic_weights(t: np.ndarray) -> np.ndarray:
 def interpolation_matrix(in_size: int, out_size: int, mode: str) -> np.ndarray:
   """(out_size, in_size) float32 matrix M with `resized = M @ signal` along one axis.
 
-  mode: "linear" or "cubic", as torch's bilinear/bicubic/linear with align_corners=False.
+  mode: "linear" or "cubic", as torch's bilinear/bicubic/linear with align_corners=False;
+  "linear_aa" = bilinear with `antialias=True` (SAM's `apply_image_torch`), which equals
+  "linear" when enlarging and widens the triangle filter to the scale when shrinking.
   """
-  if mode not in ("linear", "cubic"):
+  if mode not in ("linear", "cubic", "linear_aa"):
     raise ValueError(f"unknown interpolation mode {mode!r}")
   matrix = np.zeros((out_size, in_size), np.float64)
   if in_size == out_size:
     return np.eye(in_size, dtype=np.float32)
+  if mode == "linear_aa":
+    if out_size > in_size:
+      return interpolation_matrix(in_size, out_size, "linear")
+    return _antialiased_linear(in_size, out_size)
   # torch computes source positions and weights in float32; doing the same makes the matrix
   # agree with its kernels to the last bit or two instead of ~1e-4 on large upsamplings.
   f32 = np.float32
@@ -57,6 +63,21 @@ def interpolation_matrix(in_size: int, out_size: int, mode: str) -> np.ndarray:
     for tap in range(4):
       idx = np.clip(base - 1 + tap, 0, in_size - 1)  # torch clamps taps at the border
       np.add.at(matrix, (rows, idx), weights[:, tap])
+  return matrix.astype(np.float32)
+
+
+def _antialiased_linear(in_size: int, out_size: int) -> np.ndarray:
+  """Shrinking with a triangle filter of half-width `scale` input pixels, each row normalised
+  to sum 1: torch's (and PIL's) antialiased bilinear, same window bounds and rounding."""
+  scale = in_size / out_size
+  matrix = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    center = scale * (i + 0.5)
+    lo = max(int(center - scale + 0.5), 0)
+    hi = min(int(center + scale + 0.5), in_size)
+    taps = np.arange(lo, hi)
+    w = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) / scale))
+    matrix[i, lo:hi] = w / w.sum()
   return matrix.astype(np.float32)
 
 

@@ -117,6 +117,22 @@ def flax_to_torch(params: Mapping, prefix: str = "",
   return out
 
 
+def sort_torch_keys(state_dict: Mapping[str, Any], order: Iterable[str]) -> dict:
+  """The same dict with keys in the order torch's `state_dict()` lists them.
+
+  `order` names every module/leaf in the order torch registers it among its siblings; keys
+  compare segment by segment, numeric segments as numbers, unknown names last. Strict loading
+  does not care about the order; people diffing key lists do.
+  """
+  rank = {name: i for i, name in enumerate(order)}
+
+  def key(name: str) -> tuple:
+    return tuple((0, int(part)) if part.isdigit() else (1, rank.get(part, len(rank)))
+                 for part in name.split("."))
+
+  return {k: state_dict[k] for k in sorted(state_dict, key=key)}
+
+
 def load_torch_file(path: str) -> dict[str, np.ndarray]:
   """Reads a PyTorch checkpoint into name -> numpy array.
 

@@ -148,7 +148,24 @@ def test_cli(released, tmp_path):
   assert "efficientsam_vitt" in ok.stdout
   for args in ([f"--input={released}", f"--output={tmp_path / 'jax'}"],  # exists
                [f"--input={tmp_path / 'missing.pt'}", f"--output={tmp_path / 'x'}"],
-               [f"--input={released}", f"--output={tmp_path / 'y'}", "--model=sam_vit_h"]):
+               [f"--input={released}", f"--output={tmp_path / 'y'}", "--model=sam_vit_h"],
+               [f"--input={released}", f"--output={tmp_path / 'z'}", "--model=sam_vit_x"]):
     bad = _cli(*args)
     assert bad.returncode != 0
     assert bad.stderr.startswith("convert: error: ") and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_sam_plain_state_dict_round_trip(tmp_path):
+  """A vit_b-sized SAM state_dict (plain, as released) -> JAX -> .pth: identical, plain."""
+  require_module("torch")
+  from efficientsam_jax.models import sam
+  shapes = sam.abstract_params(sam.SamConfig.from_name("sam_vit_b"))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+  state = sam.params_to_torch(params)
+  path = str(tmp_path / "sam_vit_b.pth")
+  torch_io.save(state, path)
+  assert convert.convert(path, str(tmp_path / "jax")) == "sam_vit_b"  # inferred from width
+  back = str(tmp_path / "back.pth")
+  assert convert.convert(str(tmp_path / "jax"), back, model="sam_vit_b") == "sam_vit_b"
+  _assert_identical(torch_io.load(back), state)

@@ -125,3 +125,51 @@ def test_cli(checkpoint, golden, fixture_queries, tmp_path):
                 f"--output={tmp_path / 'x.npz'}")
   assert result.returncode != 0
   assert result.stderr.startswith("predict: error: query 0") and result.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------
+# SAM: `--model=sam_vit_b` with a random full-size vit_b checkpoint saved by torch.
+
+@pytest.fixture(scope="module")
+def sam_vit_b(tmp_path_factory):
+  """(path of a plain-state_dict vit_b .pth, the torch Sam): random perturbed weights."""
+  import functools as ft
+  import sam_reference as ref
+  import torch
+  modeling = ref.segment_anything_modeling()
+  encoder = modeling.ImageEncoderViT(
+      img_size=1024, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4,
+      out_chans=256, qkv_bias=True, norm_layer=ft.partial(torch.nn.LayerNorm, eps=1e-6),
+      use_rel_pos=True, window_size=14, global_attn_indexes=(2, 5, 8, 11))
+  model = ref.build_sam(modeling, encoder)
+  path = str(tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth")
+  torch.save(model.state_dict(), path)
+  return path, model
+
+
+def test_sam_vit_b_cli_on_real_image(sam_vit_b, fixtures_dir, tmp_path):
+  import sam_reference as ref
+  import torch
+  path, model = sam_vit_b
+  image_path = fixtures_dir / "dogs.png"
+  prompts = tmp_path / "prompts.json"
+  prompts.write_text(json.dumps([{"points": [[500, 300], [700, 350]], "labels": [1, 0]},
+                                 {"box": [60, 80, 560, 590]}]))
+  out, overlay = tmp_path / "out.npz", tmp_path / "overlay.png"
+  result = _cli(f"--checkpoint={path}", f"--image={image_path}", f"--prompts={prompts}",
+                f"--output={out}", f"--overlay={overlay}", "--model=sam_vit_b")
+  assert result.returncode == 0, result.stderr
+  arrays = dict(np.load(out))
+  with Image.open(image_path) as picture:
+    image = np.asarray(picture.convert("RGB"))
+  h, w = image.shape[:2]
+  assert arrays["logits"].shape == (2, 3, h, w) and arrays["iou"].shape == (2, 3)
+  assert arrays["low_res_logits"].shape == (2, 3, 256, 256)
+  x, _ = ref.reference_input(image, model)
+  with torch.no_grad():
+    want = model.image_encoder(x)[0].numpy()
+  diff = np.abs(arrays["image_embeddings"] - want).max()
+  print(f"sam_vit_b embeddings on dogs.png: max abs diff {diff:.2e}")
+  assert diff < 1e-4
+  with Image.open(overlay) as picture:
+    assert picture.size == (w, h)

@@ -55,7 +55,6 @@ _TORCH_ORDER = (
     "transformer", "layers", "final_attn_token_to_image", "norm_final_attn", "iou_token",
     "mask_tokens", "final_output_upscaling_layers", "output_hypernetworks_mlps",
     "iou_prediction_head", "fc", "weight", "bias")
-_TORCH_RANK = {name: i for i, name in enumerate(_TORCH_ORDER)}
 
 # Model name -> encoder size.
 MODELS = {"efficientsam_vitt": "vitt", "efficientsam_vits": "vits"}
@@ -214,9 +213,4 @@ def params_from_torch(state_dict: Mapping[str, np.ndarray], config: EfficientSam
 def params_to_torch(params) -> dict[str, np.ndarray]:
   """Flax params -> the released state_dict (torch names, layouts and key order)."""
   state_dict = weights.flax_to_torch(params, conv_transpose=CONV_TRANSPOSE)
-  return {k: state_dict[k] for k in sorted(state_dict, key=_torch_sort_key)}
-
-
-def _torch_sort_key(key: str) -> tuple:
-  return tuple((0, int(part)) if part.isdigit() else (1, _TORCH_RANK.get(part, len(_TORCH_RANK)))
-               for part in key.split("."))
+  return weights.sort_torch_keys(state_dict, _TORCH_ORDER)

@@ -1,0 +1,113 @@
+"""PyTorch reference modules for the SAM-family parity tests, imported without the packages'
+`__init__` (segment_anything's imports torchvision; mobile_sam's TinyViT imports timm helpers,
+stubbed here when timm is absent)."""
+import importlib.util
+import sys
+import types
+
+import numpy as np
+from conftest import require_module
+
+
+def _bare_package(name: str):
+  """Registers an empty package object so `name.modeling` imports without `name/__init__`."""
+  if name in sys.modules:
+    return
+  spec = importlib.util.find_spec(name)
+  if spec is None:
+    require_module(name)  # skips, or fails under CI=true
+  package = types.ModuleType(name)
+  package.__path__ = list(spec.submodule_search_locations)
+  sys.modules[name] = package
+
+
+def _stub_timm():
+  """The three timm helpers tiny_vit_sam imports; none of them changes inference."""
+  if "timm" in sys.modules or importlib.util.find_spec("timm") is not None:
+    return
+  import torch
+  layers = types.ModuleType("timm.models.layers")
+
+  class DropPath(torch.nn.Module):  # MobileSAM builds it with drop_path_rate 0
+    def __init__(self, drop_prob=None):
+      super().__init__()
+
+    def forward(self, x):
+      return x
+
+  layers.DropPath = DropPath
+  layers.to_2tuple = lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+  layers.trunc_normal_ = torch.nn.init.trunc_normal_
+  registry = types.ModuleType("timm.models.registry")
+  registry.register_model = lambda fn: fn
+  models = types.ModuleType("timm.models")
+  models.layers, models.registry = layers, registry
+  timm = types.ModuleType("timm")
+  timm.models = models
+  sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers,
+                      "timm.models.registry": registry})
+
+
+def segment_anything_modeling():
+  require_module("torch")
+  _bare_package("segment_anything")
+  import segment_anything.modeling as modeling
+  return modeling
+
+
+def mobile_sam_modeling():
+  require_module("torch")
+  _stub_timm()
+  _bare_package("mobile_sam")
+  import mobile_sam.modeling as modeling
+  return modeling
+
+
+def build_sam(modeling, image_encoder):
+  """A torch Sam with SAM's prompt encoder and decoder (as build_sam does) around an encoder."""
+  import torch
+  decoder = modeling.MaskDecoder(
+      num_multimask_outputs=3, transformer=modeling.TwoWayTransformer(
+          depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+      transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+  prompt = modeling.PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
+                                  input_image_size=(1024, 1024), mask_in_chans=16)
+  model = modeling.Sam(image_encoder=image_encoder, prompt_encoder=prompt,
+                       mask_decoder=decoder, pixel_mean=[123.675, 116.28, 103.53],
+                       pixel_std=[58.395, 57.12, 57.375])
+  perturb(model, torch.Generator().manual_seed(0))
+  return model.eval()
+
+
+def perturb(model, generator, scale=0.1):
+  """Moves every parameter and float buffer off its initial value (so LayerNorms, biases, BN
+  statistics, embeddings all matter); BN variances stay positive."""
+  import torch
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(scale * torch.randn(p.shape, generator=generator))
+    for name, b in model.named_buffers():
+      if name.endswith("running_var"):
+        b.copy_(0.5 + torch.rand(b.shape, generator=generator))
+      elif name.endswith("num_batches_tracked"):
+        b.fill_(12345)
+      elif b.is_floating_point() and b.numel() > 0 and "pixel" not in name:
+        b.add_(scale * torch.randn(b.shape, generator=generator))
+
+
+def state_dict_numpy(model) -> dict:
+  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def reference_input(image_uint8: np.ndarray, model, image_size=1024):
+  """segment_anything's preprocessing of an (H, W, 3) uint8 image: antialiased bilinear
+  longest-side resize (`apply_image_torch`), then `Sam.preprocess` (normalise, pad)."""
+  import torch
+  import torch.nn.functional as F
+  h, w = image_uint8.shape[:2]
+  scale = image_size * 1.0 / max(h, w)
+  size = (int(h * scale + 0.5), int(w * scale + 0.5))
+  x = torch.from_numpy(np.array(image_uint8)).permute(2, 0, 1)[None].float()
+  x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+  with torch.no_grad():
+    return model.preprocess(x), size
