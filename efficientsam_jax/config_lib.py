@@ -96,7 +96,8 @@ def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.Con
   c = ml_collections.ConfigDict()
   c.trainer = "efficientsam"
   c.seed = 0
-  c.model = dict(size=size, image_size=1024)
+  # encoder_depth: None = released 12 blocks (a shrunk demo model is not in released format)
+  c.model = dict(size=size, image_size=1024, encoder_depth=config_dict.placeholder(int))
   c.data = dict(
       source="sa1b",  # "sa1b" (path: folders and/or .tar shards) | "coco" | "demo"
       path="", annotations="",  # annotations: COCO instances JSON (source="coco")
@@ -138,18 +139,19 @@ def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.Con
     # Generated SA-1B-format shapes written into WORKDIR/demo_data (train + held-out val
     # with a COCO JSON), the full vitt model at a reduced input size.
     image_size = int(variant.get("image_size", 128))
-    c.model.image_size = image_size
+    c.model.update(image_size=image_size, encoder_depth=int(variant.get("depth", 4)))
     c.data.update(source="demo", image_size=image_size, mask_size=image_size // 4,
                   max_masks=8, worker_count=0)
     c.data.demo.update(num_train=400, num_val=40, image_size=image_size)
-    c.prompts.update(refine_iters=1, box_max_noise=image_size * 20 / 1024 * 4)
+    c.prompts.update(refine_iters=1)
     c.batch_size = 8
     c.total_steps = 1000
     c.optimizer.update(lr=1e-3, warmup_steps=50)
     c.log_every = 25
     c.checkpoint_every = 250
   if variant.get("smoke"):
-    c.model.image_size = 64
+    # The released architecture (12 blocks), so a smoke workdir converts to the .pt format.
+    c.model.update(image_size=64, encoder_depth=None)
     c.data.update(image_size=64, mask_size=16, max_masks=4)
     c.data.demo.update(num_train=24, num_val=4, image_size=64)
     c.batch_size = 4

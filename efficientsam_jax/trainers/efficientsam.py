@@ -26,7 +26,8 @@ DEMO_SUBDIR = "demo_data"
 
 
 def model_config(config) -> es.EfficientSamConfig:
-  return es.EfficientSamConfig(encoder=config.model.size, image_size=config.model.image_size)
+  return es.EfficientSamConfig(encoder=config.model.size, image_size=config.model.image_size,
+                               encoder_depth=config.model.get("encoder_depth"))
 
 
 class EfficientSamTask(loop.Task):
