@@ -137,22 +137,24 @@ def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.Con
 
   if variant.get("demo"):
     # Generated SA-1B-format shapes written into WORKDIR/demo_data (train + held-out val
-    # with a COCO JSON), the full vitt model at a reduced input size.
-    image_size = int(variant.get("image_size", 128))
+    # with a COCO JSON); vitt width with 4 blocks at 96 px, trained from scratch. Tuned for
+    # box prompts on 2 CPU cores: 9 in 10 first prompts are boxes, no correction rounds.
+    image_size = int(variant.get("image_size", 96))
     c.model.update(image_size=image_size, encoder_depth=int(variant.get("depth", 4)))
     c.data.update(source="demo", image_size=image_size, mask_size=image_size // 4,
                   max_masks=8, worker_count=0)
     c.data.demo.update(num_train=400, num_val=40, image_size=image_size)
-    c.prompts.update(refine_iters=1)
+    c.prompts.update(refine_iters=0, box_probability=0.9)
     c.batch_size = 8
     c.total_steps = 1000
-    c.optimizer.update(lr=1e-3, warmup_steps=50)
+    c.optimizer.update(lr=2e-3, warmup_steps=50)
     c.log_every = 25
-    c.checkpoint_every = 250
+    c.checkpoint_every = 500
   if variant.get("smoke"):
     # The released architecture (12 blocks), so a smoke workdir converts to the .pt format.
     c.model.update(image_size=64, encoder_depth=None)
     c.data.update(image_size=64, mask_size=16, max_masks=4)
+    c.prompts.update(refine_iters=1, box_probability=0.5)  # both prompt kinds, one correction
     c.data.demo.update(num_train=24, num_val=4, image_size=64)
     c.batch_size = 4
     c.total_steps = 20

@@ -194,3 +194,46 @@ def test_sami_workdir_loads_as_efficientsam_and_converts_to_timm(tmp_path, capsy
   _sami_workdir(tmp_path / "shallow", depth=2)
   with pytest.raises(model_files.ModelFileError, match="12"):
     model_files.load(str(tmp_path / "shallow"))
+
+
+def test_init_from_a_sami_workdir_takes_its_encoder(tmp_path):
+  from efficientsam_jax import config_lib
+  from efficientsam_jax.errors import UserError
+  from efficientsam_jax.trainers import efficientsam
+  sami = _sami_workdir(tmp_path / "sami")
+  config = config_lib.efficientsam_config("vitt", "demo,smoke")
+  config.init_from = str(tmp_path / "sami")
+  params = efficientsam.EfficientSamTask(config, str(tmp_path / "wd")).init_from_params(None)
+  np.testing.assert_array_equal(params["image_encoder"]["pos_embed"],
+                                sami["image_encoder"]["pos_embed"])
+  config.model.size = "vits"
+  with pytest.raises(UserError, match="efficientsam_vitt"):
+    efficientsam.EfficientSamTask(config, str(tmp_path / "wd")).init_from_params(None)
+
+
+def test_detections_prompt_the_model_and_give_coco_mask_ap(tmp_path):
+  from efficientsam_jax import evaluate
+  from efficientsam_jax.data import segmentation
+  from pycocotools import mask as mask_utils
+  masks = [np.zeros((40, 60), bool) for _ in range(2)]
+  masks[0][5:20, 5:25] = True
+  masks[1][22:38, 30:55] = True
+  os.makedirs(tmp_path / "img")
+  (tmp_path / "img" / "a.jpg").write_bytes(segmentation.encode_jpeg(np.zeros((40, 60, 3),
+                                                                             np.uint8)))
+  anns, dets = [], []
+  for i, mask in enumerate(masks):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    anns.append({"id": i + 1, "image_id": 1, "iscrowd": 0, "category_id": 1, "bbox": bbox,
+                 "area": float(mask.sum()), "segmentation": {
+                     "size": [40, 60], "counts": rle["counts"].decode()}})
+    dets.append({"image_id": 1, "category_id": 1, "bbox": bbox, "score": 0.9})
+  coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
+          "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+  (tmp_path / "gt.json").write_text(json.dumps(coco))
+  (tmp_path / "dets.json").write_text(json.dumps(dets))
+  result = evaluate.evaluate_detections(_OraclePredictor({(40, 60): masks}),
+                                        str(tmp_path / "img"), str(tmp_path / "gt.json"), coco,
+                                        str(tmp_path / "dets.json"))
+  assert result["count"] == 2 and result["ap"] == pytest.approx(1.0)

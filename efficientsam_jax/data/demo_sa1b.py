@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from efficientsam_jax.data import demo_images
 from efficientsam_jax.data import segmentation
 
-MIN_AREA_FRACTION = 0.01  # visible parts smaller than this are not annotated
+MIN_AREA_FRACTION = 0.008  # visible parts smaller than this are not annotated
 
 
 def _polygon_mask(rng, size: int) -> np.ndarray:
@@ -47,7 +47,7 @@ def demo_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, list[np.n
   yy, xx = np.meshgrid(coords, coords, indexing="ij")
   image = _textured_background(rng, yy, xx, size)
   shapes = []
-  for _ in range(int(rng.integers(2, 6))):
+  for _ in range(int(rng.integers(4, 9))):
     kind = int(rng.integers(3))
     if kind == 0:
       mask = demo_images._ellipse_mask(rng, yy, xx)  # pylint: disable=protected-access

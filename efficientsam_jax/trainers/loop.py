@@ -178,6 +178,10 @@ def initial_state(setup: Setup, checkpoints, train_iter):
     return params, opt_state, start_step
   loaded = setup.task.init_from_params(setup.abstract_params)
   if loaded is not None:
+    shapes = lambda tree: jax.tree.map(np.shape, tree)
+    if shapes(loaded) != shapes(setup.abstract_params):
+      raise UserError(f"config.init_from {setup.config.init_from}: its parameters do not fit "
+                      "the configured model (another size or depth?)")
     params = jax.tree.map(lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), loaded,
                           setup.abstract_params, setup.param_shardings)
   else:
