@@ -18,9 +18,16 @@ FT_SMOKE = "configs/efficientsam_vitt.py:demo,smoke"
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def cache(tmp_path_factory):
+  """A persistent compilation cache shared by this module's runs: the restarted run compiles
+  the same step as the reference run, so it is compiled once."""
+  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache):
   workdir = str(tmp_path_factory.mktemp("finetune"))
-  proc = run(workdir, config=FT_SMOKE)
+  proc = run(workdir, config=FT_SMOKE, **cache)
   assert "evaluate --checkpoint" in proc.stdout  # the demo says how to score held-out images
   return workdir
 
@@ -35,9 +42,9 @@ def test_smoke_finetuning_loss_falls(reference):
   assert os.path.exists(os.path.join(reference, "demo_data", "val", "instances.json"))
 
 
-def test_sigkill_then_restart_gives_the_uninterrupted_losses(reference, tmp_path):
+def test_sigkill_then_restart_gives_the_uninterrupted_losses(reference, tmp_path, cache):
   workdir = str(tmp_path)
-  proc = popen(workdir, config=FT_SMOKE)
+  proc = popen(workdir, config=FT_SMOKE, **cache)
   first = os.path.join(workdir, "checkpoints", "5")
   deadline = time.time() + 400
   while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
@@ -46,7 +53,7 @@ def test_sigkill_then_restart_gives_the_uninterrupted_losses(reference, tmp_path
   proc.wait()
   assert os.path.exists(first)
   assert not os.path.exists(os.path.join(workdir, "checkpoints", "20")), "killed too late"
-  restarted = run(workdir, config=FT_SMOKE)
+  restarted = run(workdir, config=FT_SMOKE, **cache)
   assert "resuming from step" in restarted.stderr
   expected, got = losses(reference), losses(workdir)
   assert sorted(got) == sorted(expected)
