@@ -177,17 +177,25 @@ def _sami_workdir(path, depth=12):
   return params
 
 
-def test_sami_workdir_loads_as_efficientsam_and_converts_to_timm(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def sami_workdir(tmp_path_factory):
+  """(path, params) of a SAMI workdir with a released-size (vitt, 12 blocks) encoder."""
+  path = tmp_path_factory.mktemp("sami")
+  return str(path), _sami_workdir(path)
+
+
+def test_sami_workdir_loads_as_efficientsam_and_converts_to_timm(sami_workdir, tmp_path,
+                                                                 capsys):
   from efficientsam_jax import convert, model_files, torch_io
-  sami = _sami_workdir(tmp_path / "sami")
-  name, params = model_files.load(str(tmp_path / "sami"))
+  path, sami = sami_workdir
+  name, params = model_files.load(path)
   assert name == "efficientsam_vitt"
   assert "freshly initialised" in capsys.readouterr().out
   np.testing.assert_array_equal(params["image_encoder"]["blocks_11"]["attn"]["qkv"]["kernel"],
                                 sami["image_encoder"]["blocks_11"]["attn"]["qkv"]["kernel"])
   assert "neck_0" in params["image_encoder"] and "mask_decoder" in params
   out = str(tmp_path / "vit_tiny.pt")
-  convert.convert(str(tmp_path / "sami"), out, torch_format="timm")
+  convert.convert(path, out, torch_format="timm")
   state_dict = torch_io.load(out)
   assert state_dict["pos_embed"].shape == (1, 197, 192)
   assert state_dict["patch_embed.proj.weight"].shape == (192, 3, 16, 16)
@@ -203,13 +211,13 @@ def test_sami_workdir_loads_as_efficientsam_and_converts_to_timm(tmp_path, capsy
     model_files.load(str(tmp_path / "shallow"))
 
 
-def test_init_from_a_sami_workdir_takes_its_encoder(tmp_path):
+def test_init_from_a_sami_workdir_takes_its_encoder(sami_workdir, tmp_path):
   from efficientsam_jax import config_lib
   from efficientsam_jax.errors import UserError
   from efficientsam_jax.trainers import efficientsam
-  sami = _sami_workdir(tmp_path / "sami")
+  path, sami = sami_workdir
   config = config_lib.efficientsam_config("vitt", "demo,smoke")
-  config.init_from = str(tmp_path / "sami")
+  config.init_from = path
   params = efficientsam.EfficientSamTask(config, str(tmp_path / "wd")).init_from_params(None)
   np.testing.assert_array_equal(params["image_encoder"]["pos_embed"],
                                 sami["image_encoder"]["pos_embed"])
