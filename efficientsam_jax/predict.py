@@ -145,7 +145,9 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, path: str, model: str | None = None, **config_overrides):
-    """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load)."""
+    """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load;
+    a finetuning workdir brings its own input size and encoder depth)."""
+    config_overrides = {**model_files.workdir_model_overrides(path), **config_overrides}
     name, params = model_files.load(path, model)
     return cls(params, model_files.config_for(name, **config_overrides))
 
