@@ -176,3 +176,27 @@ def generate(predictor, image: np.ndarray, config: EverythingConfig = Everything
     merged = {k: v[keep] for k, v in merged.items()}
   order = np.argsort(-merged["iou"], kind="stable")
   return {k: v[order] for k, v in merged.items()}
+
+
+def run_cli(checkpoint: str, image: np.ndarray, output: str, model: str | None = None,
+            overlay: str | None = None, config: EverythingConfig = EverythingConfig()) -> dict:
+  """`predict.py --everything`: segments everything in an (H, W, 3) uint8 image, writes
+  OUT.npz (masks (K, H, W) bool, iou, stability, boxes, points) and an optional overlay PNG
+  (every mask in its own colour, its prompt point marked). Returns the result."""
+  from efficientsam_jax import predict  # predict imports this module lazily, not at import
+
+  predictor = predict.Predictor.from_checkpoint(checkpoint, model)
+  result = generate(predictor, image, config)
+  try:
+    np.savez(output, **result)
+    if overlay:
+      k = len(result["iou"])
+      logits = np.where(result["masks"], 1.0, -1.0).astype(np.float32)[:, None]
+      points = np.full((k, 1, 2), -1.0, np.float32)
+      points[:, 0] = result["points"]
+      labels = np.full((k, 1), pe.LABEL_POSITIVE, np.float32)
+      predict.overlay_image(image, logits, result["iou"][:, None], points, labels).save(
+          overlay, format="PNG")
+  except OSError as e:
+    raise predict.PromptError(f"cannot write output ({' '.join(str(e).split())})") from None
+  return result
