@@ -51,8 +51,7 @@ def main(argv):
   FLAGS = flags.FLAGS
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  import jax  # after flag parsing, so --help stays fast
-
+  # Imported after flag parsing, so --help stays fast.
   from efficientsam_jax import data, model_files
   from efficientsam_jax.bench import records
   from efficientsam_jax.errors import UserError
@@ -75,13 +74,12 @@ def main(argv):
     except model_files.ModelFileError as e:
       _fail(str(e))
     if FLAGS.compare_torch:
+      from efficientsam_jax import torch_reference
       from efficientsam_jax.bench import torch_compare
       try:
-        import torch  # noqa: F401
-        import segment_anything  # noqa: F401  (spec only; torch_reference imports it)
+        torch_reference.sam_image_encoder_class()
       except ImportError as e:
-        if "torchvision" not in str(e):
-          _fail(f"--compare-torch needs torch and segment_anything ({e})")
+        _fail(f"--compare-torch needs torch and segment_anything ({e})")
       torch_compare.run(records.Emitter(suite="compare_torch"),
                         FLAGS.torch_image_size or FLAGS.image_size, FLAGS.repeats,
                         FLAGS.threads or os.cpu_count())

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficientsam_jax import automatic, model_files, predict
+from efficientsam_jax import automatic, predict
 from efficientsam_jax.bench import records
 from efficientsam_jax.models import efficient_sam as es
 from efficientsam_jax.models import prompt_encoder as pe

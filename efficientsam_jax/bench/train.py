@@ -9,7 +9,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from efficientsam_jax import data, sharding, teacher
 from efficientsam_jax.bench import records
