@@ -27,7 +27,8 @@ flags.DEFINE_integer("input_height", None, "Height of the test image; default im
 flags.DEFINE_integer("input_width", None, "Width of the test image; default image_size.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (after warm-up); the median is "
                      "reported.")
-flags.DEFINE_integer("points_per_side", 32, "Segment-everything grid (n x n points).")
+flags.DEFINE_integer("points_per_side", 32, "Segment-everything grid (n x n points); 0 "
+                     "skips segment everything.")
 flags.DEFINE_bool("compare_torch", False, "Also time segment-anything's PyTorch ViT-B encoder "
                   "against ours on the same weights and image.")
 flags.DEFINE_integer("torch_image_size", None, "Image size of the torch comparison; default "

@@ -93,7 +93,9 @@ def run(emitter: records.Emitter, model_name: str, image_size: int, checkpoint: 
   emit("end_to_end_seconds", t["median"], "s", batch=1, input_hw=[height, width],
        min_seconds=t["min"])
 
-  # --- Segment everything ------------------------------------------------------------------
+  # --- Segment everything (points_per_side=0 skips it) -------------------------------------
+  if not points_per_side:
+    return
   everything_config = automatic.EverythingConfig(points_per_side=points_per_side)
   run_all = lambda: automatic.generate(predictor, image, everything_config)["masks"]
   t = records.time_call(run_all, max(1, repeats // 2))
