@@ -23,9 +23,20 @@ class CheckpointError(ValueError):
   """A checkpoint is missing or does not fit: one-line message for the user."""
 
 
-def _restore_args_for(abstract_tree):
-  return ocp.args.StandardRestore(abstract_tree) if abstract_tree is not None else (
-      ocp.args.StandardRestore())
+def _host_target(item_directory: str):
+  """Restore target for an item saved on any mesh: its shapes and dtypes on this process's
+  first device. Without a target Orbax insists on the saving topology (elastic restore)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(item_directory)
+  tree = getattr(metadata, "item_metadata", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+
+
+def _restore_args_for(abstract_tree, item_directory: str):
+  if abstract_tree is None:
+    abstract_tree = _host_target(item_directory)
+  return ocp.args.StandardRestore(abstract_tree)
 
 
 class TrainCheckpoints:
@@ -90,7 +101,7 @@ def latest_workdir_params(workdir: str, abstract_params=None) -> Any:
     if step is None:
       raise CheckpointError(f"{workdir} has no finished checkpoint yet")
     restored = manager.restore(step, args=ocp.args.Composite(
-        params=_restore_args_for(abstract_params)))
+        params=_restore_args_for(abstract_params, os.path.join(directory, str(step), "params"))))
   return restored["params"]
 
 
@@ -111,7 +122,8 @@ def restore_params(directory: str, abstract_params=None) -> tuple[Any, dict]:
     raise CheckpointError(f"{directory} is not a parameter checkpoint (no params/ item)")
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(directory, ocp.args.Composite(
-        params=_restore_args_for(abstract_params), metadata=ocp.args.JsonRestore()))
+        params=_restore_args_for(abstract_params, os.path.join(directory, "params")),
+        metadata=ocp.args.JsonRestore()))
   return restored["params"], dict(restored["metadata"])
 
 

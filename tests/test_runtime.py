@@ -99,6 +99,14 @@ def test_checkpoint_from_eight_devices_with_fsdp_resumes_on_one_device(reference
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] < 40
+  # What convert and predict read (no target tree) also restores on one device.
+  loaded = subprocess.run(
+      [sys.executable, "-c", "from efficientsam_jax import checkpointing as c; import jax; "
+       "p = c.latest_workdir_params(%r); "
+       "print(sum(x.size for x in jax.tree.leaves(p)), len(jax.devices()))" % workdir],
+      env=env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert loaded.returncode == 0, loaded.stderr[-2000:]
+  assert loaded.stdout.split()[-1] == "1" and int(loaded.stdout.split()[-2]) > 0
   resumed = run(workdir, devices=1)
   assert "resuming from step" in resumed.stderr
   _assert_same(reference, losses(workdir), rel=1e-4)
