@@ -80,4 +80,4 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   assert "small settings: True" in text
   drawn = {p.stem for p in figures.glob("*.png")}
   assert {"prompts", "sami_loss"} <= drawn, drawn
-  assert (tmp_path / "work" / "sami_demo" / "metrics.jsonl").is_file()
+  assert (tmp_path / "work" / "sami_demo_small" / "metrics.jsonl").is_file()
