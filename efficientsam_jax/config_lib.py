@@ -85,3 +85,80 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.checkpoint_every = 10
   return c
+
+
+SA1B_IMAGES = 11_000_000  # ~11M images in SA-1B
+
+
+def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """EfficientSAM finetuning (paper recipe) of a `size` (vitt / vits) model on SA-1B."""
+  variant = parse_variant(arg)
+  c = ml_collections.ConfigDict()
+  c.trainer = "efficientsam"
+  c.seed = 0
+  # encoder_depth: None = released 12 blocks (a shrunk demo model is not in released format)
+  c.model = dict(size=size, image_size=1024, encoder_depth=config_dict.placeholder(int))
+  c.data = dict(
+      source="sa1b",  # "sa1b" (path: folders and/or .tar shards) | "coco" | "demo"
+      path="", annotations="",  # annotations: COCO instances JSON (source="coco")
+      image_size=1024, mask_size=256,  # mask_size: the decoder's low-res output, image_size/4
+      max_masks=64, max_area_fraction=0.9,  # SAM: masks over 90% of the image dropped, <=64
+      worker_count=8, read_threads=2, prefetch_buffer_size=2,
+      demo=dict(num_train=0, num_val=0, image_size=128, seed=0))
+  c.prompts = dict(
+      box_probability=0.5,  # first prompt: jittered box, else one point inside the mask
+      box_noise_std=0.1, box_max_noise=20.0,  # x side of the box; pixels
+      refine_iters=4,  # correction points after the first prompt (a box leaves room for 4)
+      negative_points=False)  # spilled-region points as label 0 (see prompts.py)
+  c.loss = dict(focal_weight=20.0, dice_weight=1.0, iou_weight=1.0)
+
+  c.batch_size = 128
+  c.total_steps = 5 * SA1B_IMAGES // c.batch_size  # 5 epochs
+  c.optimizer = dict(
+      lr=4e-4, base_lr=config_dict.placeholder(float), b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.1, warmup_steps=0, decay="linear", end_lr=0.0,
+      grad_clip_norm=config_dict.placeholder(float),
+      no_decay=(r".*/bias", r".*/scale", r".*pos_embed", r"prompt_encoder/.*",
+                r"mask_decoder/(iou_token|mask_tokens)/.*"),
+      # The prompt encoder's Fourier matrix is a buffer in the release: no update, no decay.
+      frozen=(r"prompt_encoder/pe_layer/positional_encoding_gaussian_matrix",))
+
+  c.mesh = dict(data=-1, fsdp=1)
+  c.sharding = dict(rules=(), fsdp_min_size=2**16)
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  # A SAMI workdir (encoder only), a released EfficientSAM .pt, a JAX checkpoint or a
+  # finetuning workdir (model_files.load); unset: fresh weights.
+  c.init_from = config_dict.placeholder(str)
+  c.nonfinite_policy = "stop"
+  c.compile_only = False
+
+  if variant.get("demo"):
+    # Generated SA-1B-format shapes written into WORKDIR/demo_data (train + held-out val
+    # with a COCO JSON); vitt width with 4 blocks at 96 px, trained from scratch. Tuned for
+    # box prompts on 2 CPU cores: 9 in 10 first prompts are boxes, no correction rounds.
+    image_size = int(variant.get("image_size", 96))
+    c.model.update(image_size=image_size, encoder_depth=int(variant.get("depth", 4)))
+    c.data.update(source="demo", image_size=image_size, mask_size=image_size // 4,
+                  max_masks=8, worker_count=0)
+    c.data.demo.update(num_train=400, num_val=40, image_size=image_size)
+    c.prompts.update(refine_iters=0, box_probability=0.9)
+    c.batch_size = 8
+    c.total_steps = 1000
+    c.optimizer.update(lr=2e-3, warmup_steps=50)
+    c.log_every = 25
+    c.checkpoint_every = 500
+  if variant.get("smoke"):
+    # The released architecture (12 blocks), so a smoke workdir converts to the .pt format.
+    c.model.update(image_size=64, encoder_depth=None)
+    c.data.update(image_size=64, mask_size=16, max_masks=4)
+    c.prompts.update(refine_iters=1, box_probability=0.5)  # both prompt kinds, one correction
+    c.data.demo.update(num_train=24, num_val=4, image_size=64)
+    c.batch_size = 4
+    c.total_steps = 20
+    c.optimizer.update(lr=1e-3, warmup_steps=2)
+    c.log_every = 1
+    c.checkpoint_every = 5
+  return c

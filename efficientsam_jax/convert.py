@@ -2,6 +2,7 @@ r"""Converts EfficientSAM, SAM and MobileSAM weights between PyTorch files and J
 
   python -m efficientsam_jax.convert --input=efficient_sam_vitt.pt --output=/tmp/vitt_jax
   python -m efficientsam_jax.convert --input=/tmp/vitt_jax --output=again.pt
+  python -m efficientsam_jax.convert --input=SAMI_WORKDIR --output=vit_tiny.pt --format=timm
 
 The direction comes from the paths: an existing directory as input is a JAX parameter
 checkpoint (or a training workdir: its latest checkpoint); an output ending in .pt/.pth is a
@@ -26,10 +27,12 @@ def define_flags():
   flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits | sam_vit_b | "
                       "sam_vit_l | sam_vit_h | mobile_sam; inferred from the tensors when "
                       "omitted.")
-  flags.DEFINE_enum("format", "released", ["released", "state_dict"],
+  flags.DEFINE_enum("format", "released", ["released", "state_dict", "timm"],
                     "PyTorch output layout: 'released' = as the model ships ({'model': "
                     "state_dict} for EfficientSAM, a bare state_dict for SAM and MobileSAM); "
-                    "'state_dict' = a bare state_dict.")
+                    "'state_dict' = a bare state_dict; 'timm' = the image encoder only, named "
+                    "like timm's vit_{tiny,small}_patch16_224 (no cls_token, norm, head: load "
+                    "with strict=False), e.g. from a SAMI workdir.")
 
 
 def convert(input_path: str, output_path: str, model: str | None = None,
@@ -42,8 +45,12 @@ def convert(input_path: str, output_path: str, model: str | None = None,
     raise model_files.ModelFileError(
         f"cannot convert {input_path} -> {output_path}: a {'JAX directory' if from_jax else 'file'}"
         f" input needs {want}")
+  if torch_format == "timm" and not to_torch:
+    raise model_files.ModelFileError("--format=timm writes a .pt/.pth file")
   name, params = model_files.load(input_path, model)
-  if to_torch:
+  if torch_format == "timm":
+    model_files.save_timm(output_path, params)
+  elif to_torch:
     model_files.save_torch(output_path, name, params, plain=torch_format == "state_dict")
   else:
     model_files.save_jax(output_path, name, params, source=input_path)

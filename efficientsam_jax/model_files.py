@@ -4,12 +4,18 @@
   read without torch (torch_io), converted key for key (weights.py).
 - JAX parameter checkpoint: a directory written by `checkpointing.save_params`, whose
   metadata names the model.
-- Training workdir: a directory with `checkpoints/`; its latest parameters are used.
+- Training workdir: a directory with `checkpoints/`; its latest parameters are used. A
+  finetuning workdir's config.json gives the model's input size/depth (a shrunk demo model);
+  a SAMI pretraining workdir gives an EfficientSAM whose encoder is the pretrained one and whose
+  neck, prompt encoder and mask decoder are freshly initialised (said on the console).
 Every failure is a `ModelFileError` with a one-line message naming the file or tensor.
 """
+import json
 import os
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from efficientsam_jax import checkpointing, torch_io, weights
@@ -80,10 +86,68 @@ def load_torch(path: str, model: str | None = None) -> tuple[str, dict]:
   return params_from_state_dict(weights.load_torch_file(path), model)
 
 
+def workdir_model_overrides(path: str) -> dict:
+  """EfficientSamConfig fields a finetuning workdir recorded in config.json (its input size
+  and encoder depth), so its weights load as the model they are; {} for anything else."""
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  if not isinstance(config, dict) or config.get("trainer") != "efficientsam":
+    return {}
+  model = config.get("model", {})
+  out = {"image_size": model.get("image_size"), "encoder_depth": model.get("encoder_depth")}
+  return {k: v for k, v in out.items() if v is not None}
+
+
+def is_sami_params(params) -> bool:
+  return (isinstance(params, dict) and "image_encoder" in params
+          and "mask_decoder" not in params and "decoder_embed" in params)
+
+
+def efficientsam_from_sami(sami_params, seed: int = 0, source: str = "") -> tuple[str, dict]:
+  """SAMI student params -> (model name, EfficientSAM params): the pretrained encoder (patch
+  embedding, position table, blocks) plus a fresh neck, prompt encoder and mask decoder.
+
+  The size (vitt / vits) comes from the encoder width; a width or depth that no released
+  EfficientSAM has is a ModelFileError.
+  """
+  encoder = jax.tree.map(np.asarray, sami_params["image_encoder"])
+  width = int(np.shape(encoder["pos_embed"])[-1])
+  depth = sum(1 for k in encoder if re.fullmatch(r"blocks_\d+", k))
+  try:
+    name = es.infer_model_name({"image_encoder.pos_embed": np.zeros((1, 1, width))})
+  except weights.WeightsError:
+    raise ModelFileError(f"{source or 'SAMI workdir'}: encoder width {width} matches no "
+                         f"released EfficientSAM (vitt 192, vits 384)") from None
+  if depth != 12:
+    raise ModelFileError(f"{source or 'SAMI workdir'}: encoder has {depth} blocks; released "
+                         f"EfficientSAM encoders have 12")
+  config = config_for(name, image_size=64)  # parameter shapes do not depend on the input size
+  model = es.EfficientSam(config)
+  fresh = jax.jit(lambda rng: model.init(
+      rng, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 1, 1, 2)), jnp.zeros((1, 1, 1)),
+      scale_to_original_image_size=False)["params"])(jax.random.key(seed))
+  params = jax.tree.map(np.asarray, fresh)
+  params["image_encoder"] = {**params["image_encoder"], **encoder}  # the neck stays fresh
+  print(f"{source or 'SAMI workdir'}: {name} with the SAMI-pretrained encoder; neck, prompt "
+        "encoder and mask decoder freshly initialised")
+  return name, params
+
+
 def load_jax(directory: str, model: str | None = None) -> tuple[str, dict]:
   """A parameter checkpoint or a training workdir -> (model name, params as numpy)."""
+  overrides = {}
   if checkpointing.is_training_workdir(directory):
     params, stored_name = checkpointing.latest_workdir_params(directory), None
+    overrides = {k: v for k, v in workdir_model_overrides(directory).items()
+                 if k == "encoder_depth"}
+    if is_sami_params(params):
+      name, params = efficientsam_from_sami(params, source=directory)
+      if model and model != name:
+        raise ModelFileError(f"{directory} holds a {name} encoder, not {model}")
+      return name, params
   else:
     params, metadata = checkpointing.restore_params(directory)
     stored_name = metadata.get("model")
@@ -98,7 +162,8 @@ def load_jax(directory: str, model: str | None = None) -> tuple[str, dict]:
   # Same strict check as for torch files (every tensor present, named and shaped right); it
   # also rebuilds the tree in the model's own order.
   family = _family(name)
-  return name, family.params_from_torch(family.params_to_torch(params), config_for(name))
+  return name, family.params_from_torch(family.params_to_torch(params),
+                                        config_for(name, **overrides))
 
 
 def load(path: str, model: str | None = None) -> tuple[str, dict]:
@@ -126,6 +191,30 @@ def save_torch(path: str, name: str, params, plain: bool = False) -> None:
   plain = plain or is_sam(name)
   try:
     torch_io.save(state_dict if plain else {"model": state_dict}, path)
+  except RuntimeError as e:
+    raise ModelFileError(_one_line(e)) from None
+
+
+# timm's ViT names for the encoder tensors we export (patch 16 ViTs at 224).
+TIMM_MODELS = {"vitt": "vit_tiny_patch16_224", "vits": "vit_small_patch16_224",
+               "vitb": "vit_base_patch16_224"}
+
+
+def timm_encoder_state_dict(params) -> dict[str, np.ndarray]:
+  """EfficientSAM (or SAMI) encoder params -> a state_dict in the layout of timm's
+  `vit_{tiny,small,base}_patch16_224`: pos_embed (1, 197, D) (slot 0 is the class slot, which
+  was never trained), patch_embed.proj.*, blocks.N.{norm1, attn.qkv, attn.proj, norm2,
+  mlp.fc1, mlp.fc2}.*. timm's cls_token, norm and head have no counterpart and are left out
+  (load with strict=False); the EfficientSAM neck is not part of timm's ViT."""
+  state_dict = weights.flax_to_torch(params["image_encoder"])
+  return {k: v for k, v in state_dict.items() if not k.startswith("neck.")}
+
+
+def save_timm(path: str, params) -> None:
+  if os.path.exists(path):
+    raise ModelFileError(f"{path} exists; choose a new output path")
+  try:
+    torch_io.save(timm_encoder_state_dict(params), path)
   except RuntimeError as e:
     raise ModelFileError(_one_line(e)) from None
 

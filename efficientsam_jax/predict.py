@@ -145,7 +145,9 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, path: str, model: str | None = None, **config_overrides):
-    """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load)."""
+    """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load;
+    a finetuning workdir brings its own input size and encoder depth)."""
+    config_overrides = {**model_files.workdir_model_overrides(path), **config_overrides}
     name, params = model_files.load(path, model)
     return cls(params, model_files.config_for(name, **config_overrides))
 
@@ -305,6 +307,8 @@ def define_flags():
   flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits | sam_vit_b | "
                       "sam_vit_l | sam_vit_h | mobile_sam; inferred when omitted.")
   flags.DEFINE_string("overlay", None, "Optional PNG: best mask of each query over the image.")
+  flags.DEFINE_bool("everything", False, "Segment everything (automatic.py: 32x32 point grid) "
+                    "instead of --prompts; OUT.npz gets masks, iou, stability, boxes, points.")
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -355,9 +359,19 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a restore at INFO
-  missing = [n for n in ("checkpoint", "image", "prompts", "output") if not FLAGS[n].value]
+  required = ("checkpoint", "image", "output") + (() if FLAGS.everything else ("prompts",))
+  missing = [n for n in required if not FLAGS[n].value]
   if missing:
     _fail(f"missing --{', --'.join(missing)} (see --help)")
+  if FLAGS.everything:
+    from efficientsam_jax import automatic
+    try:
+      found = automatic.run_cli(FLAGS.checkpoint, _read_image(FLAGS.image), FLAGS.output,
+                                FLAGS.model, FLAGS.overlay)
+    except (PromptError, model_files.ModelFileError) as e:
+      _fail(str(e))
+    print(f"wrote {FLAGS.output}: {len(found['iou'])} masks")
+    return
   try:
     out = run(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output, FLAGS.model,
               FLAGS.overlay)

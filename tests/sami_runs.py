@@ -1,4 +1,4 @@
-"""Running the SAMI trainer as a subprocess (so tests can kill it and choose device counts)."""
+"""Running a trainer (SAMI by default; `config=` picks another) as a subprocess (so tests can kill it and choose device counts)."""
 import json
 import os
 import subprocess
@@ -26,8 +26,9 @@ def run(workdir, *overrides, devices=1, config=SMOKE, check=True, **extra_env):
   return proc
 
 
-def popen(workdir, *overrides, devices=1, **extra_env) -> subprocess.Popen:
-  return subprocess.Popen(command(workdir, *overrides), env=env(devices, **extra_env), cwd=REPO,
+def popen(workdir, *overrides, devices=1, config=SMOKE, **extra_env) -> subprocess.Popen:
+  return subprocess.Popen(command(workdir, *overrides, config=config), env=env(devices, **extra_env),
+                          cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,8 +1,5 @@
 """SAM image encoder (SAMI teacher): parity with segment_anything's ImageEncoderViT."""
 import functools
-import importlib.util
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -10,44 +7,22 @@ import numpy as np
 import pytest
 from conftest import require_module
 
-from efficientsam_jax import weights
+from efficientsam_jax import torch_reference, weights
 from efficientsam_jax.models import sam_encoder as se
 
 TOL = 1e-4
 TINY = se.SamEncoderConfig.from_name("tiny")  # width 64, depth 4, 4 heads, global (1, 3)
 
 
-def _image_encoder_class():
-  """segment_anything's ImageEncoderViT without its package __init__ (which needs torchvision)."""
-  require_module("torch")
-  if "segment_anything" not in sys.modules:
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-      require_module("segment_anything")  # skips, or fails under CI=true
-    package = types.ModuleType("segment_anything")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["segment_anything"] = package
-  from segment_anything.modeling.image_encoder import ImageEncoderViT
-  return ImageEncoderViT
-
-
 def _torch_encoder(config: se.SamEncoderConfig, perturb: bool = True):
   """A torch ImageEncoderViT shaped like `config` (as build_sam makes it), every tensor
   perturbed so LayerNorms, biases, pos_embed and rel-pos tables all matter."""
-  import torch
-  torch.manual_seed(0)
-  model = _image_encoder_class()(
-      img_size=config.pretrain_size, patch_size=config.patch_size, embed_dim=config.width,
-      depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
-      out_chans=config.out_channels, qkv_bias=True,
-      norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-      rel_pos_zero_init=False, window_size=config.window_size,
-      global_attn_indexes=config.global_blocks).eval()
-  if perturb:
-    with torch.no_grad():
-      for p in model.parameters():
-        p.add_(0.2 * torch.randn_like(p))
-  return model
+  require_module("torch")
+  try:
+    torch_reference.sam_image_encoder_class()
+  except ImportError:
+    require_module("segment_anything")  # skips, or fails under CI=true
+  return torch_reference.sam_image_encoder(config, seed=0, perturb=0.2 if perturb else 0.0)
 
 
 @functools.lru_cache(maxsize=None)

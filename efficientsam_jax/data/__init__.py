@@ -27,11 +27,20 @@ Config read by make_train_iterator: top-level `seed` (shuffle and augmentation),
   read_threads: threads per process preparing batches in parallel.
   prefetch_buffer_size: batches buffered per process (each is B_local*S*S*3*4 bytes).
 Unreadable images become all-zero images with valid=0 (count them; weight them out).
+
+EfficientSAM finetuning (efficientsam_jax.data.segmentation, demo_sa1b):
+  make_segmentation_iterator(config) -> batches of images, low-res target masks, boxes and
+      validity flags (see its docstring); same seeding, per-host rows and checkpointing.
+  SA1BSource (released sa_N.jpg/.json layout, directories or .tar shards), CocoSource.
+  Fields: source "sa1b" | "coco", path, annotations (COCO JSON), image_size, mask_size
+  (image_size / 4), max_masks (K), max_area_fraction (0.9).
 """
 import ml_collections
 
 from efficientsam_jax.data.pipeline import iterator_restore_args
 from efficientsam_jax.data.pipeline import iterator_save_args
+from efficientsam_jax.data.pipeline import make_segmentation_iterator
+from efficientsam_jax.data.pipeline import make_segmentation_source
 from efficientsam_jax.data.pipeline import make_source
 from efficientsam_jax.data.pipeline import make_train_dataset
 from efficientsam_jax.data.pipeline import make_train_iterator

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from efficientsam_jax.data import segmentation
 from efficientsam_jax.data import sources
 from efficientsam_jax.data import transforms
 
@@ -85,12 +86,27 @@ def _ensure_absl_flags_parsed():
 
 
 def make_train_dataset(config, *, process_index: int, process_count: int) -> grain.IterDataset:
-  """The per-host infinite stream of batches as a grain IterDataset (see make_train_iterator)."""
+  """The per-host infinite stream of SAMI batches as a grain IterDataset (see
+  make_train_iterator)."""
+  data = config.data
+  return host_batch_stream(
+      make_source(data), SamiAugment(data.image_size, data.crop, data.min_scale, data.flip),
+      config, process_index=process_index, process_count=process_count)
+
+
+def host_batch_stream(source, transform: grain.transforms.RandomMap, config, *,
+                      process_index: int, process_count: int) -> grain.IterDataset:
+  """Any random-access source -> this host's rows of every global batch (any trainer).
+
+  source -> shuffle(config.seed) -> repeat -> transform (seeded per global position) ->
+  global batches of config.batch_size, of which host p takes rows [p*B/P, (p+1)*B/P) ->
+  threads / worker processes from config.data (read_threads, prefetch_buffer_size,
+  worker_count).
+  """
   data = config.data
   host_batch = _host_batch_size(config.batch_size, process_count)
   if not 0 <= process_index < process_count:
     raise sources.DataError(f"process_index {process_index} not in [0, {process_count})")
-  source = make_source(data)
   if len(source) < process_count:
     raise sources.DataError(
         f"{len(source)} records cannot be shared among {process_count} hosts")
@@ -99,9 +115,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int) -> gra
   # shuffle before repeat: grain's shuffle folds the epoch (index // len) into its seed, so an
   # infinite repeat reshuffles every epoch.
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(
-      SamiAugment(data.image_size, data.crop, data.min_scale, data.flip),
-      seed=_augment_seed(seed))
+  ds = ds.random_map(transform, seed=_augment_seed(seed))
   # Chunks of host_batch consecutive global positions; global batch s is chunks
   # s*P .. s*P+P-1, so host p takes every P-th chunk from p. MapDataset is lazy: only the
   # chosen chunks are ever decoded.
@@ -152,3 +166,46 @@ def iterator_save_args(iterator: grain.DatasetIterator):
 def iterator_restore_args(iterator: grain.DatasetIterator):
   """Orbax restore args: restoring sets `iterator` to the saved position and returns it."""
   return grain.checkpoint.CheckpointRestore(iterator)
+
+
+class SegmentationExamples(grain.transforms.RandomMap):
+  """grain RandomMap wrapping `segmentation.segmentation_example` (EfficientSAM finetuning)."""
+
+  def __init__(self, image_size: int, mask_size: int, max_masks: int, max_area_fraction: float):
+    self.kwargs = dict(image_size=image_size, mask_size=mask_size, max_masks=max_masks,
+                       max_area_fraction=max_area_fraction)
+
+  def random_map(self, element, rng: np.random.Generator):
+    return segmentation.segmentation_example(element, rng, **self.kwargs)
+
+
+def make_segmentation_source(data_config):
+  """SA-1B (data.source="sa1b", data.path: dirs/.tar shards) or COCO (data.source="coco",
+  data.path: images folder, data.annotations: instances JSON)."""
+  kind = data_config.source
+  if kind in ("sa1b", "demo"):  # demo: the trainer has written SA-1B files into data.path
+    if not data_config.path:
+      raise sources.DataError("data.source='sa1b' needs data.path (SA-1B folder or .tar shards)")
+    return segmentation.SA1BSource(data_config.path)
+  if kind == "coco":
+    if not data_config.path or not data_config.annotations:
+      raise sources.DataError("data.source='coco' needs data.path (images folder) and "
+                              "data.annotations (instances JSON)")
+    return segmentation.CocoSource(data_config.path, data_config.annotations)
+  raise sources.DataError(f"data.source must be 'sa1b' or 'coco' for finetuning, got {kind!r}")
+
+
+def make_segmentation_iterator(config, *, process_index: Optional[int] = None,
+                               process_count: Optional[int] = None) -> grain.DatasetIterator:
+  """Infinite, checkpointable iterator of this host's finetuning batches: `image` float32
+  (B_local, S, S, 3), `masks` uint8 (B_local, K, M, M), `boxes` float32 (B_local, K, 4),
+  `mask_valid` int32 (B_local, K), `valid` int32 (B_local,), with S = data.image_size,
+  M = data.mask_size, K = data.max_masks (see segmentation.segmentation_example)."""
+  data = config.data
+  transform = SegmentationExamples(data.image_size, data.mask_size, data.max_masks,
+                                   data.max_area_fraction)
+  ds = host_batch_stream(
+      make_segmentation_source(data), transform, config,
+      process_index=jax.process_index() if process_index is None else process_index,
+      process_count=jax.process_count() if process_count is None else process_count)
+  return iter(ds)

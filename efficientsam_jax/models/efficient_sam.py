@@ -63,11 +63,14 @@ MODELS = {"efficientsam_vitt": "vitt", "efficientsam_vits": "vits"}
 @dataclasses.dataclass(frozen=True)
 class EfficientSamConfig:
   """Shape of an EfficientSAM model. image_size is 1024 in the release; smaller sizes (a
-  multiple of 16) make cheap demo/test models with a (image_size/16)^2 embedding grid."""
+  multiple of 16) make cheap demo/test models with a (image_size/16)^2 embedding grid.
+  encoder_depth: None = the released 12 blocks; fewer make a shrunk demo model (such weights
+  are not in the released format)."""
   encoder: str = "vitt"
   image_size: int = 1024
   max_num_points: int = 6
   embed_dim: int = 256
+  encoder_depth: int | None = None
 
   @classmethod
   def from_name(cls, name: str, **overrides) -> "EfficientSamConfig":
@@ -129,8 +132,9 @@ class EfficientSam(nn.Module):
 
   def setup(self):
     c = self.config
-    self.image_encoder = vit.ImageEncoder(vit.ViTConfig.from_name(c.encoder,
-                                                                  neck_channels=c.embed_dim))
+    depth = {"depth": c.encoder_depth} if c.encoder_depth else {}
+    self.image_encoder = vit.ImageEncoder(vit.ViTConfig.from_name(
+        c.encoder, neck_channels=c.embed_dim, **depth))
     self.prompt_encoder = prompt_encoder_lib.PromptEncoder(c.embed_dim, c.image_size, c.grid)
     self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim)
 

@@ -16,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from efficientsam_jax import resize, weights
+from efficientsam_jax.models import attention
 from efficientsam_jax.models.vit import Mlp, PatchEmbed, apply_sequential, make_neck
 
 # Size name -> (width, depth, heads, global-attention block indices). `tiny` is for tests
@@ -127,17 +128,15 @@ class RelPosAttention(nn.Module):
     rel_h = self.param("rel_pos_h", init, (2 * self.rel_pos_size - 1, head_dim))
     rel_w = self.param("rel_pos_w", init, (2 * self.rel_pos_size - 1, head_dim))
 
-    logits = jnp.einsum("bqnc,bknc->bnqk", q * head_dim**-0.5, k)
     # The positional terms use the UNSCALED queries, as in SAM (and MViTv2).
     grid_q = q.reshape(b, h, w, heads, head_dim)
     bias_h = jnp.einsum("byxnc,ykc->bnyxk", grid_q,
                         rel_pos_embeddings(rel_h, h, h).astype(self.dtype))
     bias_w = jnp.einsum("byxnc,xkc->bnyxk", grid_q,
                         rel_pos_embeddings(rel_w, w, w).astype(self.dtype))
-    logits = (logits.reshape(b, heads, h, w, h, w)
-              + bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, heads, h * w, h * w)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum("bnqk,bknc->bqnc", probs, v).reshape(b, h, w, d)
+    out = attention.dot_product_attention(
+        q, k, v, head_dim**-0.5, bias_h.reshape(b, heads, h * w, h),
+        bias_w.reshape(b, heads, h * w, w), key_hw=(h, w)).reshape(b, h, w, d)
     return nn.Dense(d, dtype=self.dtype, name="proj")(out)
 
 

@@ -7,11 +7,11 @@ transposes. Images are NHWC; the neck output is (B, H/16, W/16, 256).
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from efficientsam_jax import resize
+from efficientsam_jax.models import attention
 
 # Size name -> (width, depth, heads). One table for every encoder of this family.
 VIT_SIZES = {
@@ -82,7 +82,7 @@ class Attention(nn.Module):
     qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x).reshape(b, t, 3, self.num_heads,
                                                                     head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    out = attention.dot_product_attention(q, k, v, head_dim**-0.5)
     return nn.Dense(d, dtype=self.dtype, name="proj")(out.reshape(b, t, d))
 
 

@@ -5,6 +5,7 @@ import importlib
 # dependencies never load for another.
 TRAINERS = {
     "sami": "efficientsam_jax.trainers.sami",
+    "efficientsam": "efficientsam_jax.trainers.efficientsam",
 }
 
 

@@ -1,0 +1,114 @@
+r"""Benchmarks; one JSON object per line on stdout (name, value, unit and the settings).
+
+  python -m efficientsam_jax.bench --suite=inference --model=efficientsam_vitt \
+      [--checkpoint=PATH] [--image-size=1024] [--repeats=5] [--compare-torch]
+  python -m efficientsam_jax.bench --suite=train --config=configs/sami_vitt.py:teacher=vit_b \
+      --config.batch_size=32 --config.teacher.random_init=True --config.data.source=demo
+
+Compile time is its own record (`compile_seconds`); every time is a median of `--repeats`
+runs after a warm-up, with the min and the machine's 1-minute load average next to it.
+Flags may be spelled with dashes or underscores (--image-size = --image_size).
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+SUITES = ("inference", "train")
+
+flags.DEFINE_enum("suite", "inference", SUITES, "What to measure.")
+flags.DEFINE_string("model", "efficientsam_vitt", "efficientsam_vitt | efficientsam_vits "
+                    "(inference suite).")
+flags.DEFINE_string("checkpoint", None, "Weights (released .pt, JAX checkpoint, workdir); "
+                    "random weights when omitted.")
+flags.DEFINE_integer("image_size", 1024, "Encoder input size (a multiple of 16).")
+flags.DEFINE_integer("input_height", None, "Height of the test image; default image_size.")
+flags.DEFINE_integer("input_width", None, "Width of the test image; default image_size.")
+flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (after warm-up); the median is "
+                     "reported.")
+flags.DEFINE_integer("points_per_side", 32, "Segment-everything grid (n x n points); 0 "
+                     "skips segment everything.")
+flags.DEFINE_bool("compare_torch", False, "Also time segment-anything's PyTorch ViT-B encoder "
+                  "against ours on the same weights and image.")
+flags.DEFINE_integer("torch_image_size", None, "Image size of the torch comparison; default "
+                     "image_size.")
+flags.DEFINE_integer("threads", None, "Threads for PyTorch in the comparison; default: the "
+                     "host's cores (what XLA's CPU client uses).")
+flags.DEFINE_integer("data_batches", 5, "Batches drawn to time the input pipeline (train).")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul that measures the peak.")
+config_flags.DEFINE_config_file("config", None, "SAMI config file[:variant] (train suite).",
+                                lock_config=True)
+
+
+def _fail(message: str):
+  print(f"bench: error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  FLAGS = flags.FLAGS
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  # Imported after flag parsing, so --help stays fast.
+  from efficientsam_jax import data, model_files
+  from efficientsam_jax.bench import records
+  from efficientsam_jax.errors import UserError
+  from efficientsam_jax.models import efficient_sam as es
+
+  if FLAGS.image_size <= 0 or FLAGS.image_size % 16:
+    _fail(f"--image-size must be a positive multiple of 16, got {FLAGS.image_size}")
+  if FLAGS.repeats < 1:
+    _fail("--repeats must be at least 1")
+  if FLAGS.suite == "inference":
+    from efficientsam_jax.bench import inference
+    if FLAGS.model not in es.MODELS:
+      _fail(f"unknown --model {FLAGS.model!r}; known: {', '.join(sorted(es.MODELS))}")
+    emitter = records.Emitter(suite="inference", model=FLAGS.model,
+                              image_size=FLAGS.image_size, batch=1, dtype="float32")
+    hw = (FLAGS.input_height or FLAGS.image_size, FLAGS.input_width or FLAGS.image_size)
+    try:
+      inference.run(emitter, FLAGS.model, FLAGS.image_size, FLAGS.checkpoint, FLAGS.repeats,
+                    FLAGS.points_per_side, hw)
+    except model_files.ModelFileError as e:
+      _fail(str(e))
+    if FLAGS.compare_torch:
+      from efficientsam_jax import torch_reference
+      from efficientsam_jax.bench import torch_compare
+      try:
+        torch_reference.sam_image_encoder_class()
+      except ImportError as e:
+        _fail(f"--compare-torch needs torch and segment_anything ({e})")
+      torch_compare.run(records.Emitter(suite="compare_torch"),
+                        FLAGS.torch_image_size or FLAGS.image_size, FLAGS.repeats,
+                        FLAGS.threads or os.cpu_count())
+  else:
+    from efficientsam_jax.bench import train
+    config = FLAGS.config
+    if config is None:
+      _fail("--suite=train needs --config=configs/NAME.py[:VARIANT]")
+    emitter = records.Emitter(suite="train", model=f"sami_{config.student.size}",
+                              image_size=config.data.image_size, batch=config.batch_size,
+                              dtype=config.student.dtype, teacher=config.teacher.size,
+                              teacher_dtype=config.teacher.dtype)
+    try:
+      train.run(emitter, config, FLAGS.repeats, FLAGS.data_batches, FLAGS.matmul_size)
+    except (UserError, data.DataError) as e:
+      _fail(str(e))
+
+
+def _underscore_flag_names(argv: list[str]) -> list[str]:
+  """--image-size=N -> --image_size=N (absl names use underscores); values are untouched."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--") and not arg.startswith("--config."):
+      name, sep, value = arg[2:].partition("=")
+      arg = "--" + name.replace("-", "_") + sep + value
+    out.append(arg)
+  return out
+
+
+if __name__ == "__main__":
+  app.run(main, argv=_underscore_flag_names(sys.argv))

@@ -1,0 +1,117 @@
+"""Inference benchmarks of an EfficientSAM model through the `Predictor` API.
+
+Records (seconds unless said): compile_seconds (part=encoder|decoder), encoder_seconds,
+decoder_seconds_per_query (queries=1 and 64, low-res output), end_to_end_seconds (uint8
+image -> full-resolution logits of one box: preprocessing, encoder, decoder, resize, host
+copy), everything_seconds (automatic masks from an n x n grid) and the speed-up of that over
+decoding the grid one prompt per call.
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficientsam_jax import automatic, predict
+from efficientsam_jax.bench import records
+from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models import prompt_encoder as pe
+
+
+def random_params(config: es.EfficientSamConfig, seed: int = 0):
+  """Random EfficientSAM parameters (the model's own initialisers), on device."""
+  model, s = es.EfficientSam(config), config.image_size
+  init = lambda rng: model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, 1, 1, 2)),
+                                jnp.zeros((1, 1, 1)), scale_to_original_image_size=False)
+  return jax.jit(init)(jax.random.key(seed))["params"]
+
+
+def make_predictor(model_name: str, image_size: int, checkpoint: str | None):
+  if checkpoint:
+    return predict.Predictor.from_checkpoint(checkpoint, model_name, image_size=image_size)
+  config = es.EfficientSamConfig.from_name(model_name, image_size=image_size)
+  return predict.Predictor(random_params(config), config)
+
+
+def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """(H, W, 3) uint8: smooth random blobs, so the masks have some structure."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.random((8, 8, 3))
+  rows = np.linspace(0, 7, height).round().astype(int)
+  cols = np.linspace(0, 7, width).round().astype(int)
+  return (coarse[rows][:, cols] * 255).astype(np.uint8)
+
+
+def single_point_queries(xy: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+  """(Q, 2) points -> padded points (Q, max_points, 2), labels (Q, max_points)."""
+  points = np.full((len(xy), max_points, 2), -1.0, np.float32)
+  labels = np.full((len(xy), max_points), pe.LABEL_PADDING, np.float32)
+  points[:, 0], labels[:, 0] = xy, pe.LABEL_POSITIVE
+  return points, labels
+
+
+def run(emitter: records.Emitter, model_name: str, image_size: int, checkpoint: str | None,
+        repeats: int, points_per_side: int, input_hw: tuple[int, int]) -> None:
+  predictor = make_predictor(model_name, image_size, checkpoint)
+  config = predictor.config
+  height, width = input_hw
+  image = test_image(height, width)
+  model = es.EfficientSam(config)
+  emit = lambda *a, **kw: emitter.emit(*a, **kw, repeats=repeats)
+
+  # --- Encoder: compile (ahead of time, from the same function) and steady state --------
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=es.EfficientSam.encode))
+  x = jnp.asarray(es.preprocess(jnp.asarray(image[None], jnp.float32) / 255.0, image_size))
+  seconds, encode_compiled = records.time_compile(encode, predictor.params, x)
+  emit("compile_seconds", seconds, "s", part="encoder", batch=1)
+  t = records.time_call(lambda: encode_compiled(predictor.params, x), repeats)
+  emit("encoder_seconds", t["median"], "s", batch=1, min_seconds=t["min"])
+
+  # --- Decoder through the Predictor: 1 and 64 queries per call --------------------------
+  predictor.set_image(image)
+  rng = np.random.default_rng(0)
+  for queries in (1, 64):
+    xy = rng.uniform(0, 1, (queries, 2)).astype(np.float32) * np.asarray([width, height])
+    points, labels = single_point_queries(xy, config.max_num_points)
+    start = time.perf_counter()
+    records.block(predictor.predict_arrays(points, labels, full_resolution=False))
+    emit("compile_seconds", time.perf_counter() - start, "s", part="decoder", batch=queries,
+         note="first call (compile + one run)")
+    t = records.time_call(lambda: predictor.predict_arrays(points, labels,
+                                                           full_resolution=False), repeats)
+    emit("decoder_seconds_per_query", t["median"] / queries, "s", batch=queries,
+         queries=queries, min_seconds=t["min"] / queries)
+
+  # --- End to end: uint8 image + one box -> full-resolution logits on the host ----------
+  box = np.asarray([[width * 0.25, height * 0.25, width * 0.75, height * 0.75]], np.float32)
+
+  def end_to_end():
+    predictor.set_image(image)
+    return predictor.predict(boxes=box)["logits"]
+
+  t = records.time_call(end_to_end, repeats)
+  emit("end_to_end_seconds", t["median"], "s", batch=1, input_hw=[height, width],
+       min_seconds=t["min"])
+
+  # --- Segment everything (points_per_side=0 skips it) -------------------------------------
+  if not points_per_side:
+    return
+  everything_config = automatic.EverythingConfig(points_per_side=points_per_side)
+  run_all = lambda: automatic.generate(predictor, image, everything_config)["masks"]
+  t = records.time_call(run_all, max(1, repeats // 2))
+  grid = points_per_side**2
+  emit("everything_seconds", t["median"], "s", batch=1, points=grid, input_hw=[height, width],
+       min_seconds=t["min"])
+  # The same grid decoded one prompt per call (low-res only; no filtering, no resize): timed
+  # on a sample of prompts and scaled to the grid.
+  sample = min(grid, 16)
+  xy = automatic.point_grid(points_per_side, height, width)[:sample]
+  points, labels = single_point_queries(xy, config.max_num_points)
+  one = lambda: [predictor.predict_arrays(points[i:i + 1], labels[i:i + 1], False)
+                 for i in range(sample)]
+  t_one = records.time_call(one, 1)
+  one_at_a_time = t_one["median"] * grid / sample
+  emit("everything_one_prompt_per_call_seconds", one_at_a_time, "s", batch=1, points=grid,
+       note=f"{sample} single-prompt decoder calls, scaled to the grid")
+  emit("everything_speedup_vs_one_prompt_per_call", one_at_a_time / t["median"], "x",
+       batch=1, points=grid)

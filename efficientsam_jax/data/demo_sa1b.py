@@ -1,0 +1,125 @@
+"""A small generated dataset in the released SA-1B layout, for the finetuning demo.
+
+Each image is a textured background with a few filled ellipses, polygons and rectangles; each
+shape's VISIBLE part (later shapes occlude earlier ones) is one annotation, stored as real COCO
+RLE made by pycocotools, with bbox/area/point_coords like SA-1B. Everything is a pure function
+of (seed, index), so the files are identical wherever they are written.
+"""
+import json
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+from efficientsam_jax.data import demo_images
+from efficientsam_jax.data import segmentation
+
+MIN_AREA_FRACTION = 0.008  # visible parts smaller than this are not annotated
+
+
+def _polygon_mask(rng, size: int) -> np.ndarray:
+  """A random star-shaped polygon (5-9 vertices), rasterised: bool (size, size)."""
+  n = int(rng.integers(5, 10))
+  centre = rng.uniform(0.2, 0.8, size=2) * size
+  angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
+  radii = rng.uniform(0.08, 0.3, size=n) * size
+  xy = centre + np.stack([np.cos(angles), np.sin(angles)], -1) * radii[:, None]
+  canvas = Image.new("L", (size, size), 0)
+  ImageDraw.Draw(canvas).polygon([tuple(p) for p in xy], fill=1)
+  return np.asarray(canvas, bool)
+
+
+def _textured_background(rng, yy, xx, size: int) -> np.ndarray:
+  """(size, size, 3) float: a gradient plus blurred noise, so edges are not the only signal."""
+  image = demo_images._gradient_background(rng, yy, xx)  # pylint: disable=protected-access
+  _, noise = demo_images._texture(rng, yy, xx)  # pylint: disable=protected-access
+  return image + 0.25 * (noise[..., None] - 0.5) * rng.uniform(0.3, 1.0, size=3)
+
+
+def demo_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+  """Image uint8 (size, size, 3) and the visible masks (each bool (size, size)) of one sample.
+
+  size: a multiple of 8.
+  """
+  rng = np.random.default_rng([seed, index, 7])
+  coords = np.linspace(-1.0, 1.0, size, dtype=np.float32)
+  yy, xx = np.meshgrid(coords, coords, indexing="ij")
+  image = _textured_background(rng, yy, xx, size)
+  shapes = []
+  for _ in range(int(rng.integers(4, 9))):
+    kind = int(rng.integers(3))
+    if kind == 0:
+      mask = demo_images._ellipse_mask(rng, yy, xx)  # pylint: disable=protected-access
+    elif kind == 1:
+      mask = demo_images._rectangle_mask(rng, yy, xx)  # pylint: disable=protected-access
+    else:
+      mask = _polygon_mask(rng, size)
+    colour = rng.uniform(0, 1, size=3)
+    # A mild shading inside the shape keeps colour alone from giving the mask away.
+    shade = 0.15 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
+    image[mask] = (colour + shade[..., None])[mask]
+    shapes.append(mask)
+  visible, covered = [], np.zeros((size, size), bool)
+  for mask in reversed(shapes):  # the last drawn shape is on top
+    part = mask & ~covered
+    covered |= mask
+    if part.sum() >= MIN_AREA_FRACTION * size * size:
+      visible.append(part)
+  image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+  return image, visible[::-1]
+
+
+def annotation_record(image_id: int, file_name: str, masks: list[np.ndarray],
+                      rng: np.random.Generator) -> dict:
+  """The SA-1B per-image JSON for `masks` (bool (H, W) each)."""
+  height, width = masks[0].shape if masks else (0, 0)
+  anns = []
+  for i, mask in enumerate(masks):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    ys, xs = np.nonzero(mask)
+    pick = int(rng.integers(len(ys)))
+    anns.append({"id": image_id * 1000 + i,
+                 "segmentation": {"size": [height, width], "counts": rle["counts"].decode()},
+                 "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                 "area": int(mask_utils.area(rle)), "predicted_iou": 1.0,
+                 "stability_score": 1.0, "crop_box": [0.0, 0.0, float(width), float(height)],
+                 "point_coords": [[float(xs[pick]), float(ys[pick])]]})
+  return {"image": {"image_id": image_id, "width": width, "height": height,
+                    "file_name": file_name}, "annotations": anns}
+
+
+def write_split(directory: str, seed: int, first: int, count: int, size: int) -> None:
+  """Writes samples first .. first+count-1 as sa_N.jpg + sa_N.json into `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  for index in range(first, first + count):
+    image, masks = demo_sample(seed, index, size)
+    name = f"sa_{index}"
+    record = annotation_record(index, name + ".jpg", masks, np.random.default_rng(index))
+    with open(os.path.join(directory, name + ".jpg"), "wb") as f:
+      f.write(segmentation.encode_jpeg(image))
+    with open(os.path.join(directory, name + ".json"), "w") as f:
+      json.dump(record, f)
+
+
+def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
+                        seed: int = 0) -> tuple[str, str, str]:
+  """Writes (once) root/train, root/val in the SA-1B layout and root/val/instances.json (COCO,
+  for `evaluate`). Returns (train dir, val dir, val COCO json). A `done` marker written last
+  means a run killed mid-write rewrites the set instead of training on half of it."""
+  train, val = os.path.join(root, "train"), os.path.join(root, "val")
+  coco_json = os.path.join(val, "instances.json")
+  marker = os.path.join(root, "done")
+  expected = f"{seed} {num_train} {num_val} {size}"
+  if os.path.exists(marker):
+    with open(marker) as f:
+      if f.read().strip() == expected:
+        return train, val, coco_json
+  write_split(train, seed, 0, num_train, size)
+  # Held-out images: indices after the training ones, never trained on.
+  write_split(val, seed, num_train, num_val, size)
+  with open(coco_json, "w") as f:
+    json.dump(segmentation.sa1b_to_coco(val), f)
+  with open(marker, "w") as f:
+    f.write(expected + "\n")
+  return train, val, coco_json

@@ -1,0 +1,297 @@
+"""Promptable-segmentation data (EfficientSAM finetuning): SA-1B and COCO-format sources and
+the numpy transform that turns one image with its annotations into fixed-shape arrays.
+
+Both sources yield the same record: {"image": encoded bytes, "annotations": JSON bytes of
+{"image": {...}, "annotations": [{"segmentation": RLE or polygons, ...}, ...]}} (the SA-1B
+per-image file; COCO entries are regrouped into it). An unreadable file yields empty bytes,
+which the transform turns into an example with valid=0, never an exception.
+
+SA-1B layout (as released): `sa_N.jpg` next to `sa_N.json`, in directories (any nesting) or
+in .tar shards of such pairs. `path` may name a directory, a .tar, or several of either
+separated by commas; tar shards found inside a directory are read too.
+"""
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from efficientsam_jax.data import transforms
+from efficientsam_jax.data.sources import DataError
+
+
+# --- Sources -------------------------------------------------------------------------------
+
+def _index_tar(tar_path: str) -> list[tuple]:
+  """(tar path, (jpg offset, size), (json offset, size)) for every complete sa_N pair."""
+  members = {}
+  try:
+    with tarfile.open(tar_path, "r:") as tar:  # uncompressed: members are byte ranges
+      for info in tar:
+        if info.isfile():
+          members[os.path.basename(info.name)] = (info.offset_data, info.size)
+  except (tarfile.TarError, OSError) as e:
+    raise DataError(f"{tar_path}: not a readable tar shard ({e})") from None
+  out = []
+  for name in sorted(members):
+    stem, ext = os.path.splitext(name)
+    if ext.lower() == ".jpg" and stem + ".json" in members:
+      out.append((tar_path, members[name], members[stem + ".json"]))
+  return out
+
+
+class SA1BSource:
+  """Random access to SA-1B pairs: `source[i]` -> {"image": bytes, "annotations": bytes}.
+
+  Entries are sorted (directory files by relative path, shards in name order, members by
+  name), so every host sees the same order. A .jpg without its .json is skipped at indexing.
+  """
+
+  def __init__(self, path: str):
+    self._path = path
+    self._entries: list[tuple] = []
+    for part in filter(None, (p.strip() for p in str(path).split(","))):
+      if os.path.isdir(part):
+        self._entries += self._index_directory(part)
+      elif part.lower().endswith(".tar") and os.path.isfile(part):
+        self._entries += _index_tar(part)
+      else:
+        raise DataError(f"SA-1B path {part!r} is neither a directory nor a .tar shard")
+    if not self._entries:
+      raise DataError(f"SA-1B path {path!r} holds no sa_*.jpg + sa_*.json pairs")
+
+  @staticmethod
+  def _index_directory(root: str) -> list[tuple]:
+    pairs, shards = [], []
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+      names = set(filenames)
+      for name in filenames:
+        stem, ext = os.path.splitext(name)
+        full = os.path.join(dirpath, name)
+        if ext.lower() == ".jpg" and stem + ".json" in names:
+          pairs.append((os.path.relpath(full, root), full, os.path.join(dirpath, stem + ".json")))
+        elif ext.lower() == ".tar":
+          shards.append(full)
+    entries = [(None, jpg, js) for _, jpg, js in sorted(pairs)]
+    for shard in sorted(shards):
+      entries += _index_tar(shard)
+    return entries
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __getitem__(self, index: int) -> dict:
+    tar_path, image_ref, json_ref = self._entries[index]
+    return {"image": _read(tar_path, image_ref), "annotations": _read(tar_path, json_ref)}
+
+  def __repr__(self) -> str:
+    return f"SA1BSource({self._path!r}, {len(self)} images)"
+
+
+def _read(tar_path, ref) -> bytes:
+  """A file's bytes, or a (offset, size) byte range of a tar; b"" when unreadable."""
+  try:
+    if tar_path is None:
+      with open(ref, "rb") as f:
+        return f.read()
+    offset, size = ref
+    with open(tar_path, "rb") as f:
+      f.seek(offset)
+      data = f.read(size)
+    return data if len(data) == size else b""
+  except OSError:
+    return b""
+
+
+class CocoSource:
+  """A COCO-format dataset (images folder + instances JSON, RLE or polygon segmentations),
+  regrouped per image into SA-1B-style records. Images without annotations are left out."""
+
+  def __init__(self, images_dir: str, annotations_json: str):
+    if not os.path.isdir(images_dir):
+      raise DataError(f"COCO images folder {images_dir!r} does not exist")
+    coco = load_coco_json(annotations_json)
+    by_image = {}
+    for ann in coco["annotations"]:
+      if not ann.get("iscrowd", 0):
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    self._images_dir = images_dir
+    self._records = [(img, by_image[img["id"]]) for img in
+                     sorted(coco["images"], key=lambda i: i["id"]) if img["id"] in by_image]
+    if not self._records:
+      raise DataError(f"{annotations_json}: no image has a (non-crowd) annotation")
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict:
+    image, anns = self._records[index]
+    data = _read(None, os.path.join(self._images_dir, image["file_name"]))
+    return {"image": data,
+            "annotations": json.dumps({"image": image, "annotations": anns}).encode()}
+
+
+def load_coco_json(path: str) -> dict:
+  """A COCO instances file, checked for the fields we read; DataError on anything else."""
+  try:
+    with open(path) as f:
+      coco = json.load(f)
+  except FileNotFoundError:
+    raise DataError(f"{path}: no such annotations file") from None
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: not a readable JSON file ({e})") from None
+  if not isinstance(coco, dict) or not {"images", "annotations"} <= set(coco):
+    raise DataError(f"{path}: not COCO instances (needs 'images' and 'annotations')")
+  return coco
+
+
+# --- Masks ---------------------------------------------------------------------------------
+
+def to_rle(segmentation, height: int, width: int) -> dict:
+  """COCO segmentation (compressed RLE, uncompressed RLE, or polygons) -> compressed RLE."""
+  if isinstance(segmentation, list):  # polygons: one RLE per part, merged
+    return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+  if isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+    return mask_utils.frPyObjects(segmentation, height, width)
+  rle = dict(segmentation)
+  if isinstance(rle["counts"], str):
+    rle["counts"] = rle["counts"].encode("ascii")
+  return rle
+
+
+def decode_mask(segmentation, height: int, width: int) -> np.ndarray:
+  """COCO segmentation -> bool (height, width)."""
+  return mask_utils.decode(to_rle(segmentation, height, width)).astype(bool)
+
+
+def tight_box(mask: np.ndarray) -> np.ndarray:
+  """bool (H, W) -> float32 (4,) x0, y0, x1, y1: pixel indices of the extreme mask pixels
+  (the corners a box prompt clicks on; the prompt encoder adds half a pixel)."""
+  rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+  if not len(rows):
+    return np.zeros(4, np.float32)
+  return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float32)
+
+
+def bilinear_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(H, W, C) -> float32 (height, width, C) like torch bilinear, align_corners=False, no
+  antialias (the EfficientSAM preprocessing), by gathering the two taps per output pixel."""
+  out = image.astype(np.float32)
+  for axis, size in ((0, height), (1, width)):
+    n = out.shape[axis]
+    if n == size:
+      continue
+    f32 = np.float32
+    src = np.maximum(f32(n) / f32(size) * (np.arange(size, dtype=f32) + f32(0.5)) - f32(0.5),
+                     f32(0))
+    lo = np.floor(src).astype(np.int64)
+    lam = (src - lo.astype(f32)).reshape((-1,) + (1,) * (out.ndim - 1 - axis))
+    hi = np.minimum(lo + 1, n - 1)
+    out = np.moveaxis(out, axis, 0)
+    lam = lam.reshape((-1,) + (1,) * (out.ndim - 1))
+    out = np.moveaxis(out[lo] * (1 - lam) + out[hi] * lam, 0, axis)
+  return out
+
+
+def low_res_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """bool (H, W) -> uint8 (size, size): area-weighted downsampling, then half coverage."""
+  image = Image.fromarray(mask.astype(np.uint8) * 255)
+  return (np.asarray(image.resize((size, size), Image.Resampling.BILINEAR)) >= 128).astype(
+      np.uint8)
+
+
+# --- The transform -------------------------------------------------------------------------
+
+def empty_example(image_size: int, mask_size: int, max_masks: int) -> dict:
+  """The fixed-shape example with nothing in it (valid=0): an unreadable record."""
+  return {"image": np.zeros((image_size, image_size, 3), np.float32),
+          "masks": np.zeros((max_masks, mask_size, mask_size), np.uint8),
+          "boxes": np.zeros((max_masks, 4), np.float32),
+          "mask_valid": np.zeros((max_masks,), np.int32),
+          "valid": np.int32(0)}
+
+
+def segmentation_example(record: dict, rng: np.random.Generator, *, image_size: int,
+                         mask_size: int, max_masks: int,
+                         max_area_fraction: float = 0.9) -> dict:
+  """One SA-1B-style record -> fixed-shape arrays.
+
+  Masks covering more than `max_area_fraction` of the image are dropped (as SAM does), then
+  up to `max_masks` of the rest are drawn at random; unused slots have mask_valid=0. A mask
+  that vanishes at mask_size (smaller than a low-res pixel) is not used.
+
+  Returns:
+    image: float32 (S, S, 3), bilinear to S x S (aspect not kept), ImageNet-normalised.
+    masks: uint8 (K, M, M) targets at the decoder's low-res size M.
+    boxes: float32 (K, 4) tightest boxes x0, y0, x1, y1 in S x S input pixels.
+    mask_valid: int32 (K,); valid: int32 () (0 = unreadable image or annotations).
+  """
+  out = empty_example(image_size, mask_size, max_masks)
+  image = transforms.decode_image(record["image"]) if record["image"] else None
+  try:
+    anns = json.loads(record["annotations"])["annotations"]
+  except (ValueError, KeyError, TypeError):
+    anns = None
+  if image is None or not isinstance(anns, list):
+    return out
+  height, width = image.shape[:2]
+  rles, areas = [], []
+  for ann in anns:
+    try:
+      rle = to_rle(ann["segmentation"], height, width)
+      if tuple(rle["size"]) != (height, width):
+        continue  # annotation for another image size: unusable
+      rles.append(rle)
+      areas.append(float(mask_utils.area(rle)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+      continue  # one bad annotation costs that mask only
+  areas = np.asarray(areas)
+  keep = np.flatnonzero((areas > 0) & (areas <= max_area_fraction * height * width))
+  scale = np.array([image_size / width, image_size / height] * 2, np.float32)
+  k = 0
+  for index in rng.permutation(keep):
+    mask = mask_utils.decode(rles[index]).astype(bool)
+    small = low_res_mask(mask, mask_size)
+    if not small.any():
+      continue
+    out["masks"][k], out["boxes"][k], out["mask_valid"][k] = small, tight_box(mask) * scale, 1
+    k += 1
+    if k == max_masks:
+      break
+  out["image"] = transforms.normalize(bilinear_resize(image, image_size, image_size))
+  out["valid"] = np.int32(1)
+  return out
+
+
+def read_image(data: bytes):
+  """Encoded bytes -> uint8 (H, W, 3) or None (evaluate and tools)."""
+  return transforms.decode_image(data) if data else None
+
+
+def sa1b_to_coco(directory: str) -> dict:
+  """A directory of sa_N.jpg + sa_N.json -> one COCO instances dict (file_name relative to
+  the directory), e.g. to evaluate on a held-out SA-1B-format split."""
+  source = SA1BSource(directory)
+  images, annotations = [], []
+  for tar_path, image_ref, json_ref in source._entries:  # pylint: disable=protected-access
+    if tar_path is not None:
+      raise DataError("sa1b_to_coco reads directories, not tar shards")
+    record = json.loads(_read(None, json_ref))
+    info = dict(record["image"], file_name=os.path.relpath(image_ref, directory))
+    info.setdefault("id", info.get("image_id"))
+    images.append(info)
+    for ann in record["annotations"]:
+      annotations.append({"id": ann["id"], "image_id": info["id"],
+                          "segmentation": ann["segmentation"], "bbox": ann["bbox"],
+                          "area": ann["area"], "iscrowd": 0, "category_id": 1})
+  return {"images": images, "annotations": annotations,
+          "categories": [{"id": 1, "name": "object"}]}
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+  return buffer.getvalue()

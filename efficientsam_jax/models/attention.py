@@ -1,0 +1,74 @@
+"""Multi-head dot-product attention written for CPU speed at thousands of tokens.
+
+EfficientSAM's encoder attends globally over 64x64 = 4096 tokens at 1024 px; SAM's global
+blocks do the same. `jax.nn.dot_product_attention` (XLA implementation) materialises the whole
+(B, heads, T, T) probability tensor (200 MB per ViT-Tiny block) and normalises it before the
+value matmul. Here, for long sequences:
+- heads first, keys transposed once, outside the loop;
+- queries go through in chunks (`jax.lax.map`), so one chunk's logits stay in the caches
+  instead of streaming through memory three times;
+- the softmax is normalised after the value matmul (divide a (T, head_dim) result, not the
+  (T, T) probabilities);
+- max, exp and sum are in float32 whatever the compute dtype.
+The result equals the plain formula to float32 rounding (~1e-7).
+"""
+import jax
+import jax.numpy as jnp
+
+# Query chunk for long sequences; measured on a 2-core AVX-512 CPU (docs/performance.md).
+DEFAULT_QUERY_CHUNK = 512
+
+
+def _attend(q, k_t, v, bias_h=None, bias_w=None, key_hw=None):
+  """One chunk, heads first. q (B, N, c, H) already scaled, k_t (B, N, H, Tk) (keys
+  transposed), v (B, N, Tk, H) -> (B, N, c, H).
+
+  bias_h (B, N, c, kh), bias_w (B, N, c, kw): decomposed additive logit terms over a
+  kh x kw key grid (kh * kw = Tk), added as bias_h[..., y] + bias_w[..., x] for key (y, x).
+  """
+  logits = jnp.einsum("bnqh,bnhk->bnqk", q, k_t, preferred_element_type=jnp.float32)
+  if bias_h is not None:
+    b, n, c, tk = logits.shape
+    kh, kw = key_hw
+    logits = (logits.reshape(b, n, c, kh, kw) + bias_h[..., :, None].astype(jnp.float32)
+              + bias_w[..., None, :].astype(jnp.float32)).reshape(b, n, c, tk)
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  total = jnp.sum(weights, axis=-1, keepdims=True)  # (B, N, c, 1)
+  out = jnp.einsum("bnqk,bnkh->bnqh", weights.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
+  return (out / total).astype(v.dtype)
+
+
+def dot_product_attention(q, k, v, scale: float, bias_h=None, bias_w=None,
+                          key_hw: tuple[int, int] | None = None,
+                          query_chunk: int | None = DEFAULT_QUERY_CHUNK):
+  """softmax(q k^T * scale + bias) v per head.
+
+  Args:
+    q: (B, Tq, N, H); k, v: (B, Tk, N, H) (N heads of width H).
+    scale: multiplies q before the logits (head_dim ** -0.5).
+    bias_h, bias_w: optional decomposed relative-position terms (B, N, Tq, kh) and
+      (B, N, Tq, kw) over a key grid key_hw = (kh, kw) with kh * kw = Tk (SAM's rel-pos).
+    query_chunk: queries per chunk when Tq is a larger multiple of it; None: no chunking.
+  Returns: (B, Tq, N, H) in v's dtype.
+  """
+  b, tq, n, h = q.shape
+  # Heads first, keys transposed, once: inside the chunk loop both matmuls then read
+  # contiguous operands (transposing per chunk cost more than the chunking saved).
+  q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)  # (B, N, Tq, H)
+  k_t = k.transpose(0, 2, 3, 1)  # (B, N, H, Tk)
+  v = v.transpose(0, 2, 1, 3)  # (B, N, Tk, H)
+  if not query_chunk or tq <= query_chunk or tq % query_chunk:
+    out = _attend(q, k_t, v, bias_h, bias_w, key_hw)
+  else:
+    n_chunks = tq // query_chunk
+    # (B, N, Tq, X) -> (n_chunks, B, N, c, X): the chunk axis first for lax.map.
+    split = lambda x: jnp.moveaxis(
+        x.reshape(b, n, n_chunks, query_chunk, x.shape[-1]), 2, 0)
+    if bias_h is None:
+      out = jax.lax.map(lambda qc: _attend(qc, k_t, v), split(q))
+    else:
+      out = jax.lax.map(lambda xs: _attend(xs[0], k_t, v, xs[1], xs[2], key_hw),
+                        (split(q), split(bias_h), split(bias_w)))
+    out = jnp.moveaxis(out, 0, 2).reshape(b, n, tq, h)
+  return out.transpose(0, 2, 1, 3)

@@ -1,0 +1,270 @@
+"""What every trainer shares: mesh, sharded state, the jitted step with its non-finite guard,
+resume/init order, checkpoints (with the data iterator), preemption, one-step-late metrics.
+
+A trainer defines a `Task` (its model, loss, data and any frozen inputs) and calls
+`train(config, workdir, task)`. Resume order: the latest checkpoint in the workdir, else
+`task.init_from_params` (config.init_from), else a fresh init from `config.seed`.
+"""
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from efficientsam_jax import checkpointing, optim, runtime, sharding
+from efficientsam_jax.errors import UserError
+from efficientsam_jax.metric_writers import MetricWriter
+
+
+class Task:
+  """The trainer-specific half. Subclasses set `self.config` and implement:
+
+  init_params(rng) -> params (pure, jitted with out_shardings).
+  loss_fn(params, frozen, batch, step) -> (scalar loss, dict of scalar metrics); the metrics
+      must include "valid_images" (int count of real examples in the batch).
+  batch_spec() -> {name: (shape, dtype)} of the GLOBAL batch (leading axis = batch_size).
+  make_iterator() -> this host's checkpointable iterator of numpy batches.
+  Optional: abstract_frozen / load_frozen (data that is passed into the step, never trained
+  nor checkpointed, e.g. a teacher), init_from_params (numpy params or None), and
+  optimizer_config (a config with `optimizer`, `batch_size`, `total_steps`).
+  """
+  config: Any
+
+  def abstract_frozen(self, mesh, rules, min_size):
+    """ShapeDtypeStructs (with shardings) of the frozen inputs; None when there are none."""
+    del mesh, rules, min_size
+    return None
+
+  def load_frozen(self, abstract_frozen):
+    del abstract_frozen
+    return None
+
+  def init_from_params(self, abstract_params):
+    """Parameters to start from when the workdir has no checkpoint (numpy tree) or None."""
+    del abstract_params
+    if self.config.get("init_from"):
+      raise UserError(f"config.init_from is not supported by the {self.config.trainer} trainer")
+    return None
+
+
+def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool):
+  """(params, opt_state, frozen, batch, step) -> (params, opt_state, metrics).
+
+  Metrics: the task's, plus loss, learning_rate, grad/update/param norms and, with
+  skip_nonfinite, skipped_update (1 when a non-finite step was dropped).
+  """
+
+  def train_step(params, opt_state, frozen, batch, step):
+    (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, frozen, batch, step)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    grad_norm = optax.global_norm(grads)
+    metrics = {**task_metrics, "loss": loss, "learning_rate": schedule(step),
+               "grad_norm": grad_norm, "update_norm": optax.global_norm(updates)}
+    if skip_nonfinite:
+      # A bad step (loss, gradients or the updated weights) leaves the state untouched.
+      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                & jnp.isfinite(optax.global_norm(new_params)))
+      keep_old = lambda new, old: jnp.where(finite, new, old)
+      new_params = jax.tree.map(keep_old, new_params, params)
+      new_opt_state = jax.tree.map(keep_old, new_opt_state, opt_state)
+      metrics["skipped_update"] = 1 - finite.astype(jnp.int32)
+    metrics["param_norm"] = optax.global_norm(new_params)
+    return new_params, new_opt_state, metrics
+
+  return train_step
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+class Setup:
+  """Everything the loop needs, built abstractly first so nothing is materialised before the
+  shapes, shardings and the compiled step are known."""
+
+  def __init__(self, config, task: Task):
+    if config.nonfinite_policy not in ("stop", "skip"):
+      raise UserError(f"config.nonfinite_policy must be 'stop' or 'skip', got "
+                      f"{config.nonfinite_policy!r}")
+    self.config, self.task = config, task
+    try:
+      self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    except ValueError as e:
+      raise UserError(str(e)) from e
+    if config.batch_size % self.mesh.size:
+      raise UserError(f"batch_size {config.batch_size} is not divisible by the "
+                      f"{self.mesh.size} devices of the mesh")
+    self.init_fn = task.init_params
+    self.abstract_params = jax.eval_shape(self.init_fn, jax.random.key(config.seed))
+    self.tx, self.schedule = optim.make_optimizer(config, self.abstract_params)
+    self.abstract_opt_state = jax.eval_shape(self.tx.init, self.abstract_params)
+    rules, min_size = list(config.sharding.rules), config.sharding.fsdp_min_size
+    self.param_shardings = sharding.tree_shardings(self.mesh, self.abstract_params, rules,
+                                                   min_size)
+    self.opt_shardings = sharding.tree_shardings(self.mesh, self.abstract_opt_state, rules,
+                                                 min_size)
+    self.abstract_frozen = task.abstract_frozen(self.mesh, rules, min_size)
+
+  @property
+  def checkpoint_bytes(self) -> int:
+    return runtime.tree_bytes(self.abstract_params) + runtime.tree_bytes(
+        self.abstract_opt_state)
+
+  def abstract_batch(self):
+    shard = sharding.batch_sharding(self.mesh)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shard)
+            for k, (shape, dtype) in self.task.batch_spec().items()}
+
+  def jitted_step(self):
+    batch_shard = sharding.batch_sharding(self.mesh)
+    step = make_train_step(self.task.loss_fn, self.tx, self.schedule,
+                           self.config.nonfinite_policy == "skip")
+    return jax.jit(
+        step,
+        in_shardings=(self.param_shardings, self.opt_shardings,
+                      jax.tree.map(lambda x: x.sharding, self.abstract_frozen),
+                      {k: batch_shard for k in self.task.batch_spec()},
+                      sharding.replicated(self.mesh)),
+        out_shardings=(self.param_shardings, self.opt_shardings,
+                       sharding.replicated(self.mesh)),
+        donate_argnums=(0, 1))
+
+  def compile(self):
+    """Compiles the step from shapes alone: no weights, no data, no frozen files read."""
+    with jax.set_mesh(self.mesh):
+      return self.jitted_step().lower(
+          sharding.with_shardings(self.abstract_params, self.param_shardings),
+          sharding.with_shardings(self.abstract_opt_state, self.opt_shardings),
+          self.abstract_frozen, self.abstract_batch(),
+          jax.ShapeDtypeStruct((), jnp.int32)).compile()
+
+
+def compile_report(setup: Setup) -> dict:
+  """Per-device memory and FLOPs of the compiled train step (config.compile_only)."""
+  compiled = setup.compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = {"devices": setup.mesh.size, "mesh": dict(setup.mesh.shape),
+            "platform": jax.devices()[0].platform,
+            "flops_per_step_per_device": float(cost.get("flops", 0.0)) if cost else None}
+  for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                "alias_size_in_bytes", "generated_code_size_in_bytes"):
+    report[field] = int(getattr(memory, field, 0) or 0)
+  report["peak_bytes_per_device_estimate"] = (report["argument_size_in_bytes"]
+                                              + report["output_size_in_bytes"]
+                                              - report["alias_size_in_bytes"]
+                                              + report["temp_size_in_bytes"])
+  return report
+
+
+def initial_state(setup: Setup, checkpoints, train_iter):
+  """(params, opt_state, start_step): the latest checkpoint, else init_from, else fresh."""
+  start_step = checkpoints.latest_step() or 0
+  if start_step:
+    logging.info("resuming from step %d in %s", start_step, checkpoints.directory)
+    params, opt_state = checkpoints.restore(
+        start_step, sharding.with_shardings(setup.abstract_params, setup.param_shardings),
+        sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings), train_iter)
+    return params, opt_state, start_step
+  loaded = setup.task.init_from_params(setup.abstract_params)
+  if loaded is not None:
+    shapes = lambda tree: jax.tree.map(np.shape, tree)
+    if shapes(loaded) != shapes(setup.abstract_params):
+      raise UserError(f"config.init_from {setup.config.init_from}: its parameters do not fit "
+                      "the configured model (another size or depth?)")
+    params = jax.tree.map(lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), loaded,
+                          setup.abstract_params, setup.param_shardings)
+  else:
+    params = jax.jit(setup.init_fn, out_shardings=setup.param_shardings)(
+        jax.random.key(setup.config.seed))
+  opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(params)
+  return params, opt_state, 0
+
+
+def train(config, workdir: str, task: Task) -> dict:
+  """Runs `task` in `workdir` to config.total_steps; returns the last logged metrics."""
+  if config.get("compile_only"):
+    report = compile_report(Setup(config, task))
+    logging.info("compiled train step: %s", json.dumps(report))
+    if jax.process_index() == 0:
+      print(json.dumps(report))
+    return report
+
+  # --- Shapes, shardings, checks: all before anything is compiled --------------------------
+  setup = Setup(config, task)
+  runtime.check_workdir(workdir, 2 * setup.checkpoint_bytes)
+  write_config(config, workdir)
+  mesh = setup.mesh
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+  train_iter = task.make_iterator()
+
+  # --- State: restore, or init_from, or born sharded ---------------------------------------
+  checkpoints = checkpointing.TrainCheckpoints(workdir, config.keep_checkpoints,
+                                               config.async_checkpointing)
+  params, opt_state, start_step = initial_state(setup, checkpoints, train_iter)
+  # Frozen inputs (a teacher): loaded once, placed by the same rules, never checkpointed.
+  frozen = task.load_frozen(setup.abstract_frozen)
+  step_fn = setup.jitted_step()
+
+  # --- Loop --------------------------------------------------------------------------------
+  writer = MetricWriter(workdir, config.total_steps, resumed_step=start_step)
+  preemption = runtime.PreemptionWatch()
+  pending = None  # (step, device metrics): fetched one step late so the device never waits
+  last_record, counters = {}, {"skipped_images": 0, "skipped_updates": 0}
+  compile_start = time.perf_counter()
+
+  def finish(step, metrics):
+    nonlocal last_record
+    host = jax.device_get(metrics)
+    if not (np.isfinite(host["loss"]) and np.isfinite(host["param_norm"])):
+      raise runtime.NonFiniteError(
+          f"non-finite loss ({host['loss']}) or parameters at step {step}; the last checkpoint"
+          " holds the last good state (set nonfinite_policy=skip to skip such updates)")
+    counters["skipped_images"] += config.batch_size - int(host.pop("valid_images"))
+    counters["skipped_updates"] += int(host.pop("skipped_update", 0))
+    if step % config.log_every == 0 or step == config.total_steps:
+      last_record = writer.write(step, {**host, **counters})
+
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(start_step, config.total_steps):
+        batch = sharding.host_batch_to_global(next(train_iter), mesh)
+        params, opt_state, metrics = step_fn(params, opt_state, frozen, batch,
+                                             jnp.asarray(step, jnp.int32))
+        if step == start_step:
+          jax.block_until_ready(metrics)
+          logging.info("first step (compile included) took %.1fs",
+                       time.perf_counter() - compile_start)
+          writer.start_timer(step + 1)
+        if pending is not None:
+          finish(*pending)
+        pending = (step + 1, metrics)
+        done = step + 1
+        preempted = preemption.reached(done)
+        if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
+          finish(*pending)  # never checkpoint a state whose loss was not checked
+          pending = None
+          checkpoints.save(done, params, opt_state, train_iter)
+        if preempted:
+          checkpoints.close()
+          raise runtime.Preempted(done)
+      if pending is not None:
+        finish(*pending)
+    logging.info("parameter digest (process %d): %s", jax.process_index(),
+                 runtime.replicated_digest(params))
+  finally:
+    preemption.close()
+    checkpoints.close()
+    writer.close()
+  return last_record

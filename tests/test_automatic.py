@@ -1,0 +1,50 @@
+"""Segment everything: the pure pieces on plain arrays, and one tiny end-to-end run."""
+import jax
+import numpy as np
+
+from efficientsam_jax import automatic, predict
+from efficientsam_jax.bench import inference
+from efficientsam_jax.models import efficient_sam as es
+
+
+def test_point_grid_centres():
+  grid = automatic.point_grid(2, 100, 200)
+  np.testing.assert_allclose(grid, [[50, 25], [150, 25], [50, 75], [150, 75]])
+
+
+def test_stability_score():
+  logits = np.full((2, 4, 4), -5.0, np.float32)
+  logits[0, :2] = 5.0  # a crisp mask: stable
+  logits[1, :2], logits[1, 2:] = 5.0, 0.5  # half the low mask is near the threshold
+  np.testing.assert_allclose(automatic.stability_score(logits, 0.0, 1.0), [1.0, 0.5])
+
+
+def test_mask_boxes_and_nms():
+  masks = np.zeros((3, 10, 10), bool)
+  masks[0, 2:5, 3:8] = True
+  masks[1, 2:5, 3:7] = True  # almost the same box as mask 0
+  masks[2, 7:9, 0:2] = True
+  boxes = automatic.mask_boxes(masks)
+  np.testing.assert_array_equal(boxes[0], [3, 2, 7, 4])
+  keep = automatic.box_nms(boxes, np.asarray([0.5, 0.9, 0.7]), 0.5)
+  np.testing.assert_array_equal(keep, [1, 2])  # best first; mask 0 suppressed by mask 1
+
+
+def test_crop_boxes_cover_the_image():
+  boxes = automatic.crop_boxes(300, 400, 1, 0.3)
+  assert boxes[0] == (0, 0, 400, 300) and len(boxes) == 5
+  assert max(b[2] for b in boxes[1:]) == 400 and max(b[3] for b in boxes[1:]) == 300
+
+
+def test_generate_tiny_model():
+  config = es.EfficientSamConfig.from_name("efficientsam_vitt", image_size=64)
+  predictor = predict.Predictor(jax.device_get(inference.random_params(config)), config)
+  image = inference.test_image(48, 80)
+  loose = automatic.EverythingConfig(points_per_side=3, pred_iou_thresh=-10.0,
+                                     stability_score_thresh=0.0, crop_layers=1)
+  result = automatic.generate(predictor, image, loose)
+  k = len(result["iou"])
+  assert k >= 1
+  assert result["masks"].shape == (k, 48, 80) and result["masks"].dtype == bool
+  assert result["boxes"].shape == (k, 4) and result["points"].shape == (k, 2)
+  assert np.all(np.diff(result["iou"]) <= 0)  # best first

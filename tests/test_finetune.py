@@ -1,0 +1,254 @@
+"""EfficientSAM finetuning end to end: the CLI run (loss falls, SIGKILL resume), its workdir
+through convert / predict / evaluate, SAMI workdirs as EfficientSAM and timm files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sami_runs import REPO, env, losses, popen, run
+
+FT_SMOKE = "configs/efficientsam_vitt.py:demo,smoke"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """A persistent compilation cache shared by this module's runs: the restarted run compiles
+  the same step as the reference run, so it is compiled once."""
+  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache):
+  workdir = str(tmp_path_factory.mktemp("finetune"))
+  proc = run(workdir, config=FT_SMOKE, **cache)
+  assert "evaluate --checkpoint" in proc.stdout  # the demo says how to score held-out images
+  return workdir
+
+
+def test_smoke_finetuning_loss_falls(reference):
+  got = losses(reference)
+  assert sorted(got) == list(range(1, 21))
+  assert got[20] < 0.7 * got[1]
+  with open(os.path.join(reference, "metrics.jsonl")) as f:
+    last = json.loads(f.readlines()[-1])
+  assert {"focal", "dice", "iou_mse", "miou", "steps_per_sec"} <= set(last)
+  assert os.path.exists(os.path.join(reference, "demo_data", "val", "instances.json"))
+
+
+def test_sigkill_then_restart_gives_the_uninterrupted_losses(reference, tmp_path, cache):
+  workdir = str(tmp_path)
+  proc = popen(workdir, config=FT_SMOKE, **cache)
+  first = os.path.join(workdir, "checkpoints", "5")
+  deadline = time.time() + 400
+  while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.exists(first)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "20")), "killed too late"
+  restarted = run(workdir, config=FT_SMOKE, **cache)
+  assert "resuming from step" in restarted.stderr
+  expected, got = losses(reference), losses(workdir)
+  assert sorted(got) == sorted(expected)
+  for step, loss in expected.items():
+    assert got[step] == pytest.approx(loss, rel=1e-6), step
+
+
+def test_workdir_converts_to_the_released_format_and_predicts_like_the_jax_model(
+    reference, tmp_path):
+  from efficientsam_jax import checkpointing, convert, predict, torch_io
+  from efficientsam_jax.models import efficient_sam as es
+  out = str(tmp_path / "finetuned.pt")
+  assert convert.convert(reference, out) == "efficientsam_vitt"
+  state_dict = torch_io.load(out)["model"]
+  assert len(state_dict) == 278
+  manifest = os.path.join(os.path.dirname(REPO), "shared", "fixtures", "efficientsam",
+                          "state_dict_manifest.json")
+  if os.path.exists(manifest):
+    with open(manifest) as f:
+      text = f.read()
+    assert all(f'"{k}"' in text for k in state_dict)
+  image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+  boxes = np.array([[5, 6, 40, 30], [30, 10, 70, 44]], np.float32)
+  predictor = predict.Predictor.from_checkpoint(out, image_size=64)
+  predictor.set_image(image)
+  got = predictor.predict(boxes=boxes)
+  params = checkpointing.latest_workdir_params(reference)
+  model = es.EfficientSam(es.EfficientSamConfig(image_size=64))
+  points = jnp.asarray(boxes.reshape(1, 2, 2, 2))
+  labels = jnp.asarray(np.tile([[2.0, 3.0]], (1, 2, 1)))
+  logits, iou = model.apply({"params": params}, jnp.asarray(image[None] / 255.0, jnp.float32),
+                            points, labels)
+  np.testing.assert_allclose(got["iou"], np.asarray(iou[0]), atol=1e-4)
+  np.testing.assert_allclose(got["logits"], np.asarray(logits[0]), atol=1e-3)
+
+
+def test_evaluate_cli_on_the_held_out_demo_split(reference, tmp_path):
+  val = os.path.join(reference, "demo_data", "val")
+  result_path = tmp_path / "result.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "efficientsam_jax.evaluate", f"--checkpoint={reference}",
+       f"--images={val}", f"--annotations={val}/instances.json", "--prompt=point1",
+       f"--output={result_path}"], env=env(1), cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(val, "instances.json")) as f:
+    count = len(json.load(f)["annotations"])
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["count"] == count and 0.0 <= result["miou"] <= 1.0
+  assert json.loads(result_path.read_text()) == result
+  assert "images" in proc.stderr  # progress
+  bad = subprocess.run(
+      [sys.executable, "-m", "efficientsam_jax.evaluate", f"--checkpoint={reference}",
+       f"--images={val}", "--annotations=/nonexistent.json"], env=env(1), cwd=REPO,
+      capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr
+  assert "/nonexistent.json" in bad.stderr.strip().splitlines()[-1]
+
+
+class _OraclePredictor:
+  """Answers each query with ground truth (optionally shifted): candidate 2 is the best."""
+
+  def __init__(self, masks_by_size, shift=0):
+    self.masks_by_size, self.shift = masks_by_size, shift
+
+  def set_image(self, image):
+    self.masks = self.masks_by_size[image.shape[:2]]
+
+  def predict_arrays(self, points, labels, full_resolution=True):
+    q = len(points)
+    low = np.broadcast_to(np.arange(q, dtype=np.float32)[:, None, None, None], (q, 3, 1, 1))
+    return {"low_res_logits": low, "iou": np.tile([[0.1, 0.2, 0.9]], (q, 1))}
+
+  def upscale(self, low):
+    out = [np.roll(self.masks[int(i)], self.shift, axis=1)[None] * 2.0 - 1 for i in low[:, 0, 0, 0]]
+    return np.stack(out)
+
+
+def test_evaluate_miou_of_an_oracle_and_of_a_shifted_oracle(tmp_path):
+  from efficientsam_jax import evaluate
+  from efficientsam_jax.data import segmentation
+  from pycocotools import mask as mask_utils
+  mask = np.zeros((40, 60), bool)
+  mask[10:20, 10:30] = True  # 10 x 20
+  os.makedirs(tmp_path / "img")
+  (tmp_path / "img" / "a.jpg").write_bytes(segmentation.encode_jpeg(np.zeros((40, 60, 3),
+                                                                             np.uint8)))
+  rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+  coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
+          "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, "category_id": 1,
+                           "segmentation": {"size": [40, 60],
+                                            "counts": rle["counts"].decode()}}]}
+  for prompt in evaluate.PROMPTS:
+    result = evaluate.evaluate_miou(_OraclePredictor({(40, 60): [mask]}), str(tmp_path / "img"),
+                                    coco, prompt)
+    assert result == {"miou": 1.0, "count": 1}
+  # Shifted right by 5 px: intersection 10 x 15, union 10 x 25.
+  result = evaluate.evaluate_miou(_OraclePredictor({(40, 60): [mask]}, shift=5),
+                                  str(tmp_path / "img"), coco, "box")
+  assert result["miou"] == pytest.approx(150 / 250)
+  points, labels = evaluate.mask_prompts([mask], "point3", np.random.default_rng(0))
+  assert points.shape == (1, 3, 2) and mask[points[0, :, 1].astype(int),
+                                            points[0, :, 0].astype(int)].all()
+  points, labels = evaluate.mask_prompts([mask], "box", None)
+  np.testing.assert_array_equal(points[0], [[10, 10], [29, 19]])
+
+
+def _sami_workdir(path, depth=12):
+  from efficientsam_jax import checkpointing
+  from efficientsam_jax.models import sami as sami_model
+  from efficientsam_jax.models import vit
+  student = sami_model.SAMI(vit.ViTConfig.from_name("vitt", depth=depth),
+                            sami_model.DecoderConfig(width=32, depth=1, num_heads=2),
+                            target_dim=256)
+  from efficientsam_jax import masking
+  ids = masking.random_masking(jax.random.key(0), 1, 4, 1)
+  params = student.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), *ids)["params"]
+  manager = checkpointing.TrainCheckpoints(str(path), async_save=False)
+  manager.save(3, params, {"count": jnp.zeros(())})
+  manager.close()
+  return params
+
+
+@pytest.fixture(scope="module")
+def sami_workdir(tmp_path_factory):
+  """(path, params) of a SAMI workdir with a released-size (vitt, 12 blocks) encoder."""
+  path = tmp_path_factory.mktemp("sami")
+  return str(path), _sami_workdir(path)
+
+
+def test_sami_workdir_loads_as_efficientsam_and_converts_to_timm(sami_workdir, tmp_path,
+                                                                 capsys):
+  from efficientsam_jax import convert, model_files, torch_io
+  path, sami = sami_workdir
+  name, params = model_files.load(path)
+  assert name == "efficientsam_vitt"
+  assert "freshly initialised" in capsys.readouterr().out
+  np.testing.assert_array_equal(params["image_encoder"]["blocks_11"]["attn"]["qkv"]["kernel"],
+                                sami["image_encoder"]["blocks_11"]["attn"]["qkv"]["kernel"])
+  assert "neck_0" in params["image_encoder"] and "mask_decoder" in params
+  out = str(tmp_path / "vit_tiny.pt")
+  convert.convert(path, out, torch_format="timm")
+  state_dict = torch_io.load(out)
+  assert state_dict["pos_embed"].shape == (1, 197, 192)
+  assert state_dict["patch_embed.proj.weight"].shape == (192, 3, 16, 16)
+  assert state_dict["blocks.11.attn.qkv.weight"].shape == (576, 192)
+  assert state_dict["blocks.0.mlp.fc2.bias"].shape == (192,)
+  assert not any(k.startswith(("neck", "cls_token", "norm.", "head")) for k in state_dict)
+  assert len(state_dict) == 2 + 1 + 12 * 12  # pos, patch w/b, 12 tensors per block
+  np.testing.assert_array_equal(
+      np.asarray(state_dict["blocks.3.attn.qkv.weight"]),
+      np.asarray(sami["image_encoder"]["blocks_3"]["attn"]["qkv"]["kernel"]).T)
+  _sami_workdir(tmp_path / "shallow", depth=2)
+  with pytest.raises(model_files.ModelFileError, match="12"):
+    model_files.load(str(tmp_path / "shallow"))
+
+
+def test_init_from_a_sami_workdir_takes_its_encoder(sami_workdir, tmp_path):
+  from efficientsam_jax import config_lib
+  from efficientsam_jax.errors import UserError
+  from efficientsam_jax.trainers import efficientsam
+  path, sami = sami_workdir
+  config = config_lib.efficientsam_config("vitt", "demo,smoke")
+  config.init_from = path
+  params = efficientsam.EfficientSamTask(config, str(tmp_path / "wd")).init_from_params(None)
+  np.testing.assert_array_equal(params["image_encoder"]["pos_embed"],
+                                sami["image_encoder"]["pos_embed"])
+  config.model.size = "vits"
+  with pytest.raises(UserError, match="efficientsam_vitt"):
+    efficientsam.EfficientSamTask(config, str(tmp_path / "wd")).init_from_params(None)
+
+
+def test_detections_prompt_the_model_and_give_coco_mask_ap(tmp_path):
+  from efficientsam_jax import evaluate
+  from efficientsam_jax.data import segmentation
+  from pycocotools import mask as mask_utils
+  masks = [np.zeros((40, 60), bool) for _ in range(2)]
+  masks[0][5:20, 5:25] = True
+  masks[1][22:38, 30:55] = True
+  os.makedirs(tmp_path / "img")
+  (tmp_path / "img" / "a.jpg").write_bytes(segmentation.encode_jpeg(np.zeros((40, 60, 3),
+                                                                             np.uint8)))
+  anns, dets = [], []
+  for i, mask in enumerate(masks):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    anns.append({"id": i + 1, "image_id": 1, "iscrowd": 0, "category_id": 1, "bbox": bbox,
+                 "area": float(mask.sum()), "segmentation": {
+                     "size": [40, 60], "counts": rle["counts"].decode()}})
+    dets.append({"image_id": 1, "category_id": 1, "bbox": bbox, "score": 0.9})
+  coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
+          "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+  (tmp_path / "gt.json").write_text(json.dumps(coco))
+  (tmp_path / "dets.json").write_text(json.dumps(dets))
+  result = evaluate.evaluate_detections(_OraclePredictor({(40, 60): masks}),
+                                        str(tmp_path / "img"), str(tmp_path / "gt.json"), coco,
+                                        str(tmp_path / "dets.json"))
+  assert result["count"] == 2 and result["ap"] == pytest.approx(1.0)
