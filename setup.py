@@ -1,4 +1,5 @@
-"""Install with `pip install -e .`; extras: `test` (pytest + parity references), `torch`."""
+"""Install with `pip install -e .`; extras: `test` (pytest, parity references, notebook runner),
+`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb)."""
 import setuptools
 
 setuptools.setup(
@@ -24,6 +25,10 @@ setuptools.setup(
         # torch is only for conversion and parity tests; install exactly the pinned CPU build
         # through constraints.txt (`pip install -e .[test] -c constraints.txt`).
         "torch": ["torch"],
-        "test": ["pytest>=8", "torch", "segment-anything==1.0"],
+        # The notebook (notebooks/efficientsam_jax.ipynb) draws with matplotlib; its test runs
+        # it in a Jupyter kernel. Never a training dependency.
+        "notebook": ["matplotlib"],
+        "test": ["pytest>=8", "torch", "segment-anything==1.0", "nbclient", "nbformat",
+                 "ipykernel", "matplotlib"],
     },
 )
