@@ -20,6 +20,7 @@ setuptools.setup(
         "numpy>=1.26",
         "pillow>=10",
         "tensorboardX>=2.6",
+        "pycocotools>=2.0",  # COCO RLE masks of SA-1B and COCO-format data
     ],
     extras_require={
         # torch is only for conversion and parity tests; install exactly the pinned CPU build
