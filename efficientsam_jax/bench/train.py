@@ -10,7 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from efficientsam_jax import data, sharding, teacher
+from efficientsam_jax import data, sharding
 from efficientsam_jax.bench import records
 from efficientsam_jax.trainers import sami
 
@@ -39,7 +39,7 @@ def run(emitter: records.Emitter, config, repeats: int, data_batches: int,
   params = jax.jit(setup.init_fn, out_shardings=setup.param_shardings)(
       jax.random.key(c.seed))
   opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(params)
-  teacher_params = teacher.load_params(setup.teacher_spec, setup.abstract_teacher)
+  teacher_params = setup.task.load_frozen(setup.abstract_frozen)
   iterator = data.make_train_iterator(c)
   batch = sharding.host_batch_to_global(next(iterator), setup.mesh)
 
