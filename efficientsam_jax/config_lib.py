@@ -22,6 +22,19 @@ def parse_variant(arg: str | None) -> dict:
   return out
 
 
+def add_run_settings(c: ml_collections.ConfigDict) -> None:
+  """Mesh, sharding, logging, checkpointing and guard settings every trainer reads."""
+  c.mesh = dict(data=-1, fsdp=1)
+  c.sharding = dict(rules=(), fsdp_min_size=2**16)
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.init_from = config_dict.placeholder(str)
+  c.nonfinite_policy = "stop"  # or "skip": a non-finite step leaves the state untouched
+  c.compile_only = False  # compile the step from shapes, print memory/FLOPs, exit
+
+
 def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """The SAMI recipe (EfficientSAM paper) for a student of `size` (vitt / vits / vitb)."""
   variant = parse_variant(arg)
@@ -53,15 +66,7 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
       no_decay=(r".*/bias", r".*/scale", r".*pos_embed", r".*mask_token"),
       frozen=())
 
-  c.mesh = dict(data=-1, fsdp=1)
-  c.sharding = dict(rules=(), fsdp_min_size=2**16)
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.async_checkpointing = True
-  c.init_from = config_dict.placeholder(str)
-  c.nonfinite_policy = "stop"  # or "skip": a non-finite step leaves the state untouched
-  c.compile_only = False  # compile the step from shapes, print memory/FLOPs, exit
+  add_run_settings(c)
 
   if variant.get("demo"):
     # Same recipe, shrunk: generated images, a tiny fixed-seed teacher, a shallow student of
@@ -123,17 +128,9 @@ def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.Con
       # The prompt encoder's Fourier matrix is a buffer in the release: no update, no decay.
       frozen=(r"prompt_encoder/pe_layer/positional_encoding_gaussian_matrix",))
 
-  c.mesh = dict(data=-1, fsdp=1)
-  c.sharding = dict(rules=(), fsdp_min_size=2**16)
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.async_checkpointing = True
-  # A SAMI workdir (encoder only), a released EfficientSAM .pt, a JAX checkpoint or a
-  # finetuning workdir (model_files.load); unset: fresh weights.
-  c.init_from = config_dict.placeholder(str)
-  c.nonfinite_policy = "stop"
-  c.compile_only = False
+  # init_from: a SAMI workdir (encoder only), a released EfficientSAM .pt, a JAX checkpoint or
+  # a finetuning workdir (model_files.load); unset: fresh weights.
+  add_run_settings(c)
 
   if variant.get("demo"):
     # Generated SA-1B-format shapes written into WORKDIR/demo_data (train + held-out val

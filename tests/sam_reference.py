@@ -111,3 +111,18 @@ def reference_input(image_uint8: np.ndarray, model, image_size=1024):
   x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
   with torch.no_grad():
     return model.preprocess(x), size
+
+
+def embeddings_both(model, params, config, image_uint8: np.ndarray):
+  """(reference (1, 64, 64, 256), ours (1, 64, 64, 256)) image embeddings of one image: the
+  torch model's encoder on its own preprocessing, our Sam on the raw image."""
+  import jax
+  import torch
+  from efficientsam_jax.models import sam
+
+  x, _ = reference_input(image_uint8, model)
+  with torch.no_grad():
+    want = model.image_encoder(x).permute(0, 2, 3, 1).numpy()
+  got = jax.jit(lambda p, im: sam.Sam(config).apply(
+      {"params": p}, im, method=sam.Sam.get_image_embeddings))(params, image_uint8[None] * 1.0)
+  return want, np.asarray(got)
