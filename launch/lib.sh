@@ -37,3 +37,17 @@ run_cmd() {
     "$@"
   fi
 }
+
+# Reads the valued flag at the front of "$@" (--key=value or --key value) into the caller's
+# `key` and `val`, and `flag_args`, the number of arguments it took (the caller shifts them).
+# shellcheck disable=SC2034  # key, val, flag_args are read by the caller
+split_flag() {
+  case $1 in
+    --*=*) key=${1%%=*}; val=${1#*=}; flag_args=1 ;;
+    --*)
+      key=$1
+      [[ $# -ge 2 && $2 != --* ]] || die "$key needs a value"
+      val=$2; flag_args=2 ;;
+    *) die "unexpected argument '$1' (overrides go after --, or use --extra=...)" ;;
+  esac
+}

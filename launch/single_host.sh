@@ -61,13 +61,9 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY_RUN=1; shift; continue ;;
     --cpu) PLATFORM=cpu; shift; continue ;;
     --) shift; EXTRA+=("$@"); break ;;
-    --*=*) key=${arg%%=*}; val=${arg#*=}; shift ;;
-    --*)
-      key=$arg
-      [[ $# -ge 2 && $2 != --* ]] || die "$key needs a value"
-      val=$2; shift 2 ;;
-    *) die "unexpected argument '$arg' (overrides go after --, or use --extra=...)" ;;
   esac
+  split_flag "$@"
+  shift "$flag_args"
   case $key in
     --config) CONFIG=$val ;;
     --workdir) WORKDIR=$val ;;

@@ -96,13 +96,9 @@ while [[ $# -gt 0 ]]; do
     --spot) PROVISIONING=spot; shift; continue ;;
     --preemptible) PROVISIONING=preemptible; shift; continue ;;
     --) shift; EXTRA+=("$@"); break ;;
-    --*=*) key=${arg%%=*}; val=${arg#*=}; shift ;;
-    --*)
-      key=$arg
-      [[ $# -ge 2 && $2 != --* ]] || die "$key needs a value"
-      val=$2; shift 2 ;;
-    *) die "unexpected argument '$arg' (overrides go after --, or use --extra=...)" ;;
   esac
+  split_flag "$@"
+  shift "$flag_args"
   case $key in
     --name) NAME=$val ;;
     --zone) ZONE=$val ;;
