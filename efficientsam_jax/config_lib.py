@@ -9,6 +9,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from efficientsam_jax import data
+from efficientsam_jax.models import tiny_vit
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -35,6 +36,18 @@ def add_run_settings(c: ml_collections.ConfigDict) -> None:
   c.compile_only = False  # compile the step from shapes, print memory/FLOPs, exit
 
 
+def teacher_config(variant: dict) -> ml_collections.ConfigDict:
+  """`config.teacher`: the frozen SAM image encoder (size from `teacher=` in the variant)."""
+  return ml_collections.ConfigDict(dict(
+      size=variant.get("teacher", "vit_h"),
+      # Required for the real recipes: a released SAM checkpoint (or a converted directory).
+      checkpoint=config_dict.placeholder(str),
+      output="neck", dtype="bfloat16", random_init=False, seed=0,
+      # A directory written by `python -m efficientsam_jax.cache_teacher` for this config:
+      # targets are read from it and no teacher is loaded or run.
+      cache_dir=config_dict.placeholder(str)))
+
+
 def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """The SAMI recipe (EfficientSAM paper) for a student of `size` (vitt / vits / vitb)."""
   variant = parse_variant(arg)
@@ -42,11 +55,9 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = "sami"
   c.seed = 0
 
-  c.student = dict(size=size, dtype="float32", overrides={})
+  c.student = dict(kind="vit", size=size, dtype="float32", overrides={})
   c.decoder = dict(kind="cross", width=512, depth=8, num_heads=16, mlp_ratio=4.0)
-  # The teacher file is required for the real recipe: a released SAM checkpoint.
-  c.teacher = dict(size=variant.get("teacher", "vit_h"), checkpoint=config_dict.placeholder(str),
-                   output="neck", dtype="bfloat16", random_init=False, seed=0)
+  c.teacher = teacher_config(variant)
   c.mask_ratio = 0.75
   c.loss = dict(kind="mse", masked_only=False, normalise_target=False)
 
@@ -93,6 +104,71 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 SA1B_IMAGES = 11_000_000  # ~11M images in SA-1B
+
+
+def distill_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """MobileSAM's decoupled distillation as a SAMI config: no masking, no decoder; the
+  student's encoder and neck at 1024 regress the teacher's 256x64x64 image embedding (MSE).
+
+  Variant keys: `student=tiny_vit` (default, MobileSAM's encoder) | `vitt` | `vits`
+  (EfficientSAM's), `teacher=vit_h|vit_l|vit_b`, `demo`, `smoke`.
+  """
+  variant = parse_variant(arg)
+  student = variant.get("student", "tiny_vit")
+  c = ml_collections.ConfigDict()
+  c.trainer = "sami"
+  c.seed = 0
+  c.student = dict(kind="tiny_vit" if student == "tiny_vit" else "vit",
+                   size="vitt" if student == "tiny_vit" else student, dtype="float32",
+                   overrides={})
+  c.decoder = dict(kind="none")
+  c.teacher = teacher_config(variant)
+  c.mask_ratio = 0.0
+  c.loss = dict(kind="mse", masked_only=False, normalise_target=False)
+
+  # SAM's own view of each image: longest side to 1024, zero padding, no augmentation, so the
+  # targets can be cached once (teacher.cache_dir). data.path: a folder of SA-1B images.
+  c.data = data.default_data_config()
+  c.data.update(source="folder", image_size=1024, crop="longest_side", flip=False,
+                worker_count=8)
+
+  # MobileSAM: 8 epochs over 1% of SA-1B on one GPU. It does not publish batch size or
+  # optimiser; AdamW (0.9, 0.999), weight decay 0.01, lr 1e-3 at batch 64, short warmup
+  # and cosine decay are our choices.
+  c.batch_size = 64
+  c.total_steps = 8 * (SA1B_IMAGES // 100) // c.batch_size
+  c.optimizer = dict(
+      lr=1e-3, base_lr=config_dict.placeholder(float), b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.01, warmup_steps=250, decay="cosine", end_lr=0.0,
+      grad_clip_norm=config_dict.placeholder(float),
+      no_decay=(r".*/bias", r".*/scale", r".*pos_embed", r".*attention_biases"),
+      # TinyViT's BatchNorm statistics are buffers (it runs BN with stored statistics).
+      frozen=(r".*" + tiny_vit.NON_TRAINABLE[0],))
+
+  # init_from: a model whose image encoder fits the student (mobile_sam.pt for TinyViT, an
+  # EfficientSAM .pt or a SAMI workdir for a ViT); unset: fresh weights.
+  add_run_settings(c)
+
+  if variant.get("demo"):
+    # Built-in images at 64 px (a 4x4 embedding grid), the tiny fixed-seed SAM teacher, a
+    # few minutes on 2 CPU cores. The TinyViT keeps MobileSAM's shape (its parameters do not
+    # depend on the input size), so a demo workdir converts to a mobile_sam checkpoint.
+    c.teacher.update(size=variant.get("teacher", "tiny"), random_init=True, dtype="float32")
+    if c.student.kind == "vit":
+      c.student.overrides = {"depth": 4}
+    c.data.update(source="demo", image_size=64, worker_count=0, num_demo_images=256)
+    c.batch_size = 8
+    c.total_steps = 200
+    c.optimizer.update(lr=2e-3, warmup_steps=20)
+    c.log_every = 10
+    c.checkpoint_every = 100
+  if variant.get("smoke"):
+    # demo shrunk for tests and CI: seconds per run, same code paths.
+    c.data.update(image_size=32, num_demo_images=32)
+    c.total_steps = 20
+    c.log_every = 1
+    c.checkpoint_every = 10
+  return c
 
 
 def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:

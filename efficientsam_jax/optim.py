@@ -2,6 +2,7 @@
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -40,7 +41,8 @@ def _path_labels(params, patterns, label: str, default: str):
 
 def make_optimizer(config, params_shape):
   """AdamW with decoupled weight decay masked off `optimizer.no_decay` paths; params whose
-  path matches `optimizer.frozen` get no update and no optimiser state."""
+  path matches `optimizer.frozen`, and integer leaves (counters), get no update and no
+  optimiser state."""
   opt = config.optimizer
   schedule = make_schedule(config)
   decay_mask = _path_labels(params_shape, opt.no_decay, "no", "yes")
@@ -49,8 +51,11 @@ def make_optimizer(config, params_shape):
                       weight_decay=opt.weight_decay, mask=decay_mask)
   chain = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.get("grad_clip_norm") else []
   tx = optax.chain(*chain, adamw)
-  if opt.get("frozen"):
-    labels = _path_labels(params_shape, opt.frozen, "frozen", "trained")
+  labels = _path_labels(params_shape, opt.get("frozen") or (), "frozen", "trained")
+  labels = jax.tree.map(
+      lambda label, x: label if jnp.issubdtype(x.dtype, jnp.inexact) else "frozen", labels,
+      params_shape)
+  if "frozen" in jax.tree.leaves(labels):
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule
 

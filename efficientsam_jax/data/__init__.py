@@ -20,13 +20,21 @@ Config read by make_train_iterator: top-level `seed` (shuffle and augmentation),
   num_demo_images, demo_seed: size and content of the built-in synthetic set (source="demo").
   image_size: S, output side in pixels (224 for SAMI).
   crop: "random_resized" (torchvision RandomResizedCrop, bicubic) | "center" (largest centred
-      square resized to S; deterministic, for a teacher-feature cache with flip=False).
+      square resized to S) | "longest_side" (whole image, longest side to S, zero-padded
+      bottom/right: SAM's preprocessing). The last two are deterministic: with flip=False a
+      teacher-feature cache reproduces them exactly.
   min_scale: lower end of the crop area range (upper is 1.0); 0.2 for SAMI.
   flip: random horizontal flip with p=0.5.
   worker_count: grain worker processes; 0 = decode in this process.
   read_threads: threads per process preparing batches in parallel.
   prefetch_buffer_size: batches buffered per process (each is B_local*S*S*3*4 bytes).
 Unreadable images become all-zero images with valid=0 (count them; weight them out).
+
+Teacher-feature cache (efficientsam_jax.data.teacher_cache; ArrayRecord shards):
+  write_teacher_cache(directory, config, compute_targets, target_shape, ...) writes this
+      process's shards; with `config.teacher.cache_dir` set, make_train_iterator's batches
+      also hold "target" bfloat16 (B_local, S/16, S/16, C), read from the cache.
+  TeacherCache, read_metadata: reading a cache directory back.
 
 EfficientSAM finetuning (efficientsam_jax.data.segmentation, demo_sa1b):
   make_segmentation_iterator(config) -> batches of images, low-res target masks, boxes and
@@ -45,10 +53,13 @@ from efficientsam_jax.data.pipeline import make_source
 from efficientsam_jax.data.pipeline import make_train_dataset
 from efficientsam_jax.data.pipeline import make_train_iterator
 from efficientsam_jax.data.pipeline import num_examples
+from efficientsam_jax.data.pipeline import write_teacher_cache
 from efficientsam_jax.data.sources import DataError
 from efficientsam_jax.data.sources import DemoImageSource
 from efficientsam_jax.data.sources import ImageFolderSource
 from efficientsam_jax.data.sources import TfdsImageSource
+from efficientsam_jax.data.teacher_cache import TeacherCache
+from efficientsam_jax.data.teacher_cache import read_metadata
 
 
 def default_data_config() -> ml_collections.ConfigDict:

@@ -20,18 +20,23 @@ from absl import flags
 
 from efficientsam_jax.data import segmentation
 from efficientsam_jax.data import sources
+from efficientsam_jax.data import teacher_cache
 from efficientsam_jax.data import transforms
+
+
+def check_view_config(data_config) -> None:
+  """DataError for crop settings `transforms.preprocess` cannot apply."""
+  if data_config.crop not in transforms.CROP_MODES:
+    raise sources.DataError(f"data.crop must be one of {transforms.CROP_MODES}, got "
+                            f"{data_config.crop!r}")
+  if not 0.0 < data_config.min_scale <= 1.0:
+    raise sources.DataError(f"data.min_scale must be in (0, 1], got {data_config.min_scale}")
 
 
 class SamiAugment(grain.transforms.RandomMap):
   """grain RandomMap wrapping `transforms.preprocess`: record -> {"image", "valid"}."""
 
   def __init__(self, image_size: int, crop: str, min_scale: float, flip: bool):
-    if crop not in ("random_resized", "center"):
-      raise sources.DataError(
-          f"data.crop must be 'random_resized' or 'center', got {crop!r}")
-    if not 0.0 < min_scale <= 1.0:
-      raise sources.DataError(f"data.min_scale must be in (0, 1], got {min_scale}")
     self.image_size, self.crop, self.min_scale, self.flip = image_size, crop, min_scale, flip
 
   def random_map(self, element, rng: np.random.Generator):
@@ -87,18 +92,41 @@ def _ensure_absl_flags_parsed():
 
 def make_train_dataset(config, *, process_index: int, process_count: int) -> grain.IterDataset:
   """The per-host infinite stream of SAMI batches as a grain IterDataset (see
-  make_train_iterator)."""
+  make_train_iterator). With `config.teacher.cache_dir` each example also carries its cached
+  teacher target and its view is the one the cache was computed from."""
   data = config.data
-  return host_batch_stream(
-      make_source(data), SamiAugment(data.image_size, data.crop, data.min_scale, data.flip),
-      config, process_index=process_index, process_count=process_count)
+  check_view_config(data)
+  source = make_source(data)
+  cache_dir = config.get("teacher", {}).get("cache_dir")
+  if cache_dir:
+    cache = teacher_cache.TeacherCache(cache_dir)
+    cache.check_matches(config)
+    source = teacher_cache.CachedTargetSource(source, cache)
+    transform = teacher_cache.CachedView(cache.metadata["view_seed"], data)
+  else:
+    transform = SamiAugment(data.image_size, data.crop, data.min_scale, data.flip)
+  return host_batch_stream(source, transform, config, process_index=process_index,
+                           process_count=process_count)
 
 
-def host_batch_stream(source, transform: grain.transforms.RandomMap, config, *,
-                      process_index: int, process_count: int) -> grain.IterDataset:
+def write_teacher_cache(directory: str, config, compute_targets, target_shape, *,
+                        batch_size: int, records_per_shard: int, process_index: int,
+                        process_count: int) -> dict:
+  """Writes this process's shards of the teacher cache of `config` (teacher_cache.write_cache
+  over the config's dataset)."""
+  check_view_config(config.data)
+  return teacher_cache.write_cache(
+      directory, make_source(config.data), config, compute_targets, target_shape,
+      batch_size=batch_size, records_per_shard=records_per_shard, process_index=process_index,
+      process_count=process_count)
+
+
+def host_batch_stream(source, transform: grain.transforms.RandomMap | grain.transforms.Map,
+                      config, *, process_index: int, process_count: int) -> grain.IterDataset:
   """Any random-access source -> this host's rows of every global batch (any trainer).
 
-  source -> shuffle(config.seed) -> repeat -> transform (seeded per global position) ->
+  source -> shuffle(config.seed) -> repeat -> transform (a RandomMap is seeded per global
+  position; a Map draws nothing or seeds itself) ->
   global batches of config.batch_size, of which host p takes rows [p*B/P, (p+1)*B/P) ->
   threads / worker processes from config.data (read_threads, prefetch_buffer_size,
   worker_count).
@@ -115,7 +143,10 @@ def host_batch_stream(source, transform: grain.transforms.RandomMap, config, *,
   # shuffle before repeat: grain's shuffle folds the epoch (index // len) into its seed, so an
   # infinite repeat reshuffles every epoch.
   ds = ds.shuffle(seed=seed).repeat(None)
-  ds = ds.random_map(transform, seed=_augment_seed(seed))
+  if isinstance(transform, grain.transforms.RandomMap):
+    ds = ds.random_map(transform, seed=_augment_seed(seed))
+  else:
+    ds = ds.map(transform)
   # Chunks of host_batch consecutive global positions; global batch s is chunks
   # s*P .. s*P+P-1, so host p takes every P-th chunk from p. MapDataset is lazy: only the
   # chosen chunks are ever decoded.

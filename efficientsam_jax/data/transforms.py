@@ -18,6 +18,7 @@ _NORM_SCALE = (1.0 / (255.0 * IMAGENET_STD.astype(np.float64))).astype(np.float3
 _NORM_OFFSET = (IMAGENET_MEAN.astype(np.float64) / IMAGENET_STD).astype(np.float32)
 DEFAULT_SCALE = (0.2, 1.0)  # SAMI/MAE random-resized-crop area range
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_MODES = ("random_resized", "center", "longest_side")
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 
@@ -103,6 +104,31 @@ def crop_and_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
   return np.asarray(resized, np.uint8)
 
 
+def longest_side_hw(height: int, width: int, size: int) -> tuple[int, int]:
+  """(H', W') with the longest side `size`, rounded as SAM's ResizeLongestSide rounds."""
+  scale = size * 1.0 / max(height, width)
+  return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (H', W', 3) with max(H', W') = size: the view
+  SamPredictor.set_image gives SAM's encoder before normalising and padding (its
+  ResizeLongestSide.apply_image: torchvision's default resize of a PIL image, i.e. PIL
+  bilinear, antialiased)."""
+  h, w = longest_side_hw(image.shape[0], image.shape[1], size)
+  if (h, w) == image.shape[:2]:
+    return image
+  return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+      (w, h), Image.Resampling.BILINEAR), np.uint8)
+
+
+def pad_bottom_right(image: np.ndarray, size: int) -> np.ndarray:
+  """(H', W', C) -> (size, size, C) with zeros below and to the right (after normalising,
+  zero is the mean colour, as SAM pads)."""
+  h, w = image.shape[:2]
+  return np.pad(image, ((0, size - h), (0, size - w), (0, 0)))
+
+
 def horizontal_flip(image: np.ndarray) -> np.ndarray:
   """Mirrors (H, W, C) left-right."""
   return image[:, ::-1]
@@ -127,9 +153,12 @@ def preprocess(
 ) -> dict[str, np.ndarray]:
   """One record -> {"image": float32 (image_size, image_size, 3), "valid": int32 ()}.
 
-  crop: "random_resized" (SAMI training) or "center" (deterministic; pair with flip=False for a
-  view that a teacher-feature cache can reproduce). An unreadable record gives an all-zero
-  image and valid=0, so batches keep static shapes and the trainer can weight it out.
+  crop: one of CROP_MODES. "random_resized" (SAMI training); "center" (largest centred square,
+  deterministic); "longest_side" (the whole image, longest side resized to image_size, padded
+  bottom/right: SAM's own preprocessing, what MobileSAM distils on; deterministic). Pair a
+  deterministic crop with flip=False for the view a teacher-feature cache reproduces. An
+  unreadable record gives an all-zero image and valid=0, so batches keep static shapes and
+  the trainer can weight it out.
   """
   image = decode_image(record)
   if image is None:
@@ -137,12 +166,17 @@ def preprocess(
             "valid": np.int32(0)}
   height, width = image.shape[:2]
   if crop == "random_resized":
-    box = random_resized_crop_box(height, width, rng, scale=(min_scale, 1.0))
+    image = crop_and_resize(
+        image, random_resized_crop_box(height, width, rng, scale=(min_scale, 1.0)), image_size)
   elif crop == "center":
-    box = center_crop_box(height, width)
+    image = crop_and_resize(image, center_crop_box(height, width), image_size)
+  elif crop == "longest_side":
+    image = resize_longest_side(image, image_size)
   else:
-    raise ValueError(f"unknown crop mode {crop!r}; expected 'random_resized' or 'center'")
-  image = crop_and_resize(image, box, image_size)
+    raise ValueError(f"unknown crop mode {crop!r}; expected one of {CROP_MODES}")
   if flip and rng.uniform() < 0.5:
     image = horizontal_flip(image)
-  return {"image": normalize(image), "valid": np.int32(1)}
+  out = normalize(image)
+  if crop == "longest_side":
+    out = pad_bottom_right(out, image_size)
+  return {"image": out, "valid": np.int32(1)}

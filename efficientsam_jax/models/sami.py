@@ -11,6 +11,11 @@ Two decoders:
   values are the projected kept tokens together with the current masked-token features.
   After the blocks the masked outputs and the projected kept tokens are merged in token order.
 - "all" (MAE, ablation): self-attention blocks over the full sequence.
+
+`EncoderStudent` is the third option, decoder kind "none": MobileSAM's decoupled distillation.
+No masking and no decoder; the student's own encoder and neck (a ViT as EfficientSAM's, or
+MobileSAM's TinyViT) produce the embedding that is compared with the teacher's directly, so
+the trained `image_encoder` subtree is, key for key, an EfficientSAM or MobileSAM encoder.
 """
 import dataclasses
 
@@ -19,9 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from efficientsam_jax import masking
-from efficientsam_jax.models import vit
+from efficientsam_jax.models import tiny_vit, vit
 
 DECODER_KINDS = ("cross", "all")
+NO_DECODER = "none"  # decoupled distillation: EncoderStudent
 DECODER_LN_EPS = 1e-6
 
 
@@ -121,3 +127,23 @@ class SAMI(nn.Module):
       full = vit.apply_sequential(
           self.decoder_blocks, jnp.take_along_axis(merged, ids_restore[..., None], axis=1))
     return self.decoder_pred(self.decoder_norm(full))
+
+
+class EncoderStudent(nn.Module):
+  """images (B, S, S, 3) -> the student's embedding (B, N, C), N = (S/16)^2, token order.
+
+  `encoder` is a ViTConfig with neck_channels = C (EfficientSAM's encoder) or a TinyViTConfig
+  with out_channels = C (MobileSAM's). TinyViT computes in float32 whatever `dtype` says.
+  """
+  encoder: vit.ViTConfig | tiny_vit.TinyViTConfig
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if isinstance(self.encoder, tiny_vit.TinyViTConfig):
+      self.image_encoder = tiny_vit.TinyViT(self.encoder)
+    else:
+      self.image_encoder = vit.ImageEncoder(self.encoder, self.dtype)
+
+  def __call__(self, images):
+    x = self.image_encoder(images)
+    return x.reshape(x.shape[0], -1, x.shape[-1])

@@ -60,8 +60,12 @@ def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool):
   """
 
   def train_step(params, opt_state, frozen, batch, step):
-    (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    # allow_int: integer leaves (BatchNorm's num_batches_tracked counter in TinyViT) get
+    # float0 gradients; they become zeros of the leaf's dtype, and the optimiser freezes them.
+    (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)(
         params, frozen, batch, step)
+    grads = jax.tree.map(
+        lambda g, p: jnp.zeros_like(p) if g.dtype == jax.dtypes.float0 else g, grads, params)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.global_norm(grads)

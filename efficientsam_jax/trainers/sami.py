@@ -1,76 +1,151 @@
-"""SAMI pretraining, top to bottom.
+"""SAMI pretraining, and MobileSAM's decoupled distillation, top to bottom.
 
-A ViT student sees 25% of the patches of each image; its decoder reconstructs, for every
-token, the features a frozen SAM image encoder produces for the same image. Resume order: the
-latest checkpoint in the workdir, else from scratch (the shared loop in `loop.py` runs it;
-this file holds only SAMI's model, loss and data).
+SAMI: a ViT student sees 25% of the patches of each image; its decoder reconstructs, for every
+token, the features a frozen SAM image encoder produces for the same image.
+
+Decoupled distillation (`decoder.kind="none"`, `mask_ratio=0`, configs/mobilesam_distill.py):
+the same task with the masking and the decoder removed; the student's own encoder and neck
+(`student.kind`: "vit", EfficientSAM's encoder, or "tiny_vit", MobileSAM's) regress the
+teacher's embedding directly with the same loss.
+
+The teacher is run live every step, or its targets are read from a feature cache written
+once by `python -m efficientsam_jax.cache_teacher` (`teacher.cache_dir`; then no teacher
+weights are loaded). Resume order: the latest checkpoint in the workdir, else
+`config.init_from` (distillation only: a released or converted MobileSAM / EfficientSAM model,
+a workdir), else from scratch (the shared loop in `loop.py` runs it; this file holds only the
+model, loss and data).
 """
 import jax
 import jax.numpy as jnp
 
-from efficientsam_jax import data, masking, teacher
+from efficientsam_jax import data, masking, model_files, teacher
+from efficientsam_jax.errors import UserError
 from efficientsam_jax.losses import sami as sami_losses
 from efficientsam_jax.models import sami as sami_model
-from efficientsam_jax.models import vit
+from efficientsam_jax.models import tiny_vit, vit
 from efficientsam_jax.trainers import loop
 
+STUDENT_KINDS = ("vit", "tiny_vit")
 
-def build_student(config) -> sami_model.SAMI:
+
+def check_objective(config) -> None:
+  """One-line errors for student/decoder/masking combinations that do not make a task."""
+  decoder, student = config.decoder.kind, config.student.get("kind", "vit")
+  if decoder not in sami_model.DECODER_KINDS + (sami_model.NO_DECODER,):
+    raise UserError(f"config.decoder.kind must be one of "
+                    f"{sami_model.DECODER_KINDS + (sami_model.NO_DECODER,)}, got {decoder!r}")
+  if student not in STUDENT_KINDS:
+    raise UserError(f"config.student.kind must be one of {STUDENT_KINDS}, got {student!r}")
+  if decoder == sami_model.NO_DECODER and config.mask_ratio != 0:
+    raise UserError("config.decoder.kind='none' (distillation) compares the student's own "
+                    f"output with the teacher's: it needs mask_ratio=0, got {config.mask_ratio}")
+  if student == "tiny_vit" and decoder != sami_model.NO_DECODER:
+    raise UserError("config.student.kind='tiny_vit' cannot drop masked tokens: use "
+                    "decoder.kind='none' and mask_ratio=0 (configs/mobilesam_distill.py)")
+  if config.loss.masked_only and config.mask_ratio == 0:
+    raise UserError("config.loss.masked_only with mask_ratio=0 leaves no token to learn from")
+
+
+def build_student(config):
+  """SAMI (masked ViT + decoder) or, with decoder.kind="none", EncoderStudent."""
   s = config.student
-  encoder = vit.ViTConfig.from_name(s.size, **dict(s.get("overrides", {})))
+  overrides = dict(s.get("overrides", {}))
+  target_dim = teacher.feature_dim(config.teacher)
+  dtype = jnp.dtype(s.dtype)
+  if config.decoder.kind == sami_model.NO_DECODER:
+    if s.get("kind", "vit") == "tiny_vit":
+      encoder = tiny_vit.TinyViTConfig(out_channels=target_dim, **overrides)
+    else:
+      encoder = vit.ViTConfig.from_name(s.size, **{"neck_channels": target_dim, **overrides})
+    return sami_model.EncoderStudent(encoder, dtype)
+  encoder = vit.ViTConfig.from_name(s.size, **overrides)
   decoder = sami_model.DecoderConfig(**dict(config.decoder))
-  return sami_model.SAMI(encoder, decoder, target_dim=teacher.feature_dim(config.teacher),
-                         dtype=jnp.dtype(s.dtype))
+  return sami_model.SAMI(encoder, decoder, target_dim=target_dim, dtype=dtype)
 
 
 class SamiTask(loop.Task):
-  """SAMI's model, loss and data for the shared loop; the frozen input is the teacher."""
+  """Model, loss and data for the shared loop; the frozen input is the teacher (None when
+  its targets come from a cache, inside each batch)."""
 
   def __init__(self, config):
     self.config = config
+    check_objective(config)
     self.student = build_student(config)
-    size, patch = config.data.image_size, self.student.encoder.patch_size
-    self.num_tokens = (size // patch) ** 2
-    self.keep = masking.num_kept(self.num_tokens, config.mask_ratio)
+    self.masked = config.decoder.kind != sami_model.NO_DECODER
+    self.cache_dir = config.teacher.get("cache_dir")
     self.teacher_spec = teacher.TeacherSpec.from_config(
-        config.teacher, need_weights=not config.compile_only)
+        config.teacher, need_weights=not (config.compile_only or self.cache_dir))
+    # Student (patch 16, or TinyViT's stride 16) and teacher share one token grid.
+    self.grid = config.data.image_size // self.teacher_spec.encoder_config.patch_size
+    self.num_tokens = self.grid ** 2
+    self.keep = masking.num_kept(self.num_tokens, config.mask_ratio)
     self.teacher_apply = None
 
   def init_params(self, rng):
     size = self.config.data.image_size
+    images = jnp.zeros((1, size, size, 3))
+    if not self.masked:
+      return self.student.init(rng, images)["params"]
     ids = masking.random_masking(jax.random.key(0), 1, self.num_tokens, self.keep)
-    return self.student.init(rng, jnp.zeros((1, size, size, 3)), *ids)["params"]
+    return self.student.init(rng, images, *ids)["params"]
+
+  def init_from_params(self, abstract_params):
+    """Distillation starts from any model whose image encoder fits the student (a released
+    mobile_sam.pt for TinyViT, an EfficientSAM .pt or SAMI workdir for a ViT)."""
+    if self.masked or not self.config.get("init_from"):
+      return super().init_from_params(abstract_params)
+    try:
+      _, params = model_files.load(self.config.init_from)
+    except model_files.ModelFileError as e:
+      raise UserError(f"config.init_from: {e}") from e
+    return {"image_encoder": params["image_encoder"]}
 
   def batch_spec(self):
     c = self.config
     size = c.data.image_size
-    return {"image": ((c.batch_size, size, size, 3), jnp.float32),
+    spec = {"image": ((c.batch_size, size, size, 3), jnp.float32),
             "valid": ((c.batch_size,), jnp.int32)}
+    if self.cache_dir:
+      spec["target"] = ((c.batch_size, self.grid, self.grid, teacher.feature_dim(c.teacher)),
+                        jnp.bfloat16)
+    return spec
 
   def make_iterator(self):
     return data.make_train_iterator(self.config)
 
   def abstract_frozen(self, mesh, rules, min_size):
+    if self.cache_dir:
+      return None
     self.teacher_apply, abstract = teacher.abstract(self.teacher_spec, mesh, rules, min_size)
     return abstract
 
   def load_frozen(self, abstract_frozen):
+    if self.cache_dir:
+      return None
     return teacher.load_params(self.teacher_spec, abstract_frozen)
 
   def loss_fn(self, params, teacher_params, batch, step):
-    """Reconstruction loss of one batch: images (B, S, S, 3), valid (B,)."""
+    """Reconstruction loss of one batch: images (B, S, S, 3), valid (B,), and with a cache
+    target (B, S/16, S/16, C) bfloat16."""
     loss_cfg = self.config.loss
     images, valid = batch["image"], batch["valid"]
     b = images.shape[0]
-    # The teacher is data: evaluated, never differentiated.
-    target = jax.lax.stop_gradient(self.teacher_apply(teacher_params, images))
+    if self.cache_dir:
+      target = batch["target"]
+    else:  # the teacher is data: evaluated, never differentiated
+      target = jax.lax.stop_gradient(self.teacher_apply(teacher_params, images))
     target = target.astype(jnp.float32).reshape(b, self.num_tokens, -1)
-    ids_keep, ids_masked, ids_restore = masking.random_masking(
-        jax.random.fold_in(jax.random.key(self.config.seed), step), b, self.num_tokens,
-        self.keep)
-    masked = masking.masked_token_indicator(ids_restore, self.keep)
-    pred = self.student.apply({"params": params}, images.astype(self.student.dtype), ids_keep,
-                              ids_masked, ids_restore)
+    student_images = images.astype(self.student.dtype)
+    if self.masked:
+      ids_keep, ids_masked, ids_restore = masking.random_masking(
+          jax.random.fold_in(jax.random.key(self.config.seed), step), b, self.num_tokens,
+          self.keep)
+      masked = masking.masked_token_indicator(ids_restore, self.keep)
+      pred = self.student.apply({"params": params}, student_images, ids_keep, ids_masked,
+                                ids_restore)
+    else:
+      masked = jnp.zeros((b, self.num_tokens), jnp.float32)
+      pred = self.student.apply({"params": params}, student_images)
     loss = sami_losses.reconstruction_loss(
         pred, target, masked, valid, kind=loss_cfg.kind, masked_only=loss_cfg.masked_only,
         normalise_target=loss_cfg.normalise_target)
@@ -83,5 +158,5 @@ def Setup(config) -> loop.Setup:  # pylint: disable=invalid-name
 
 
 def train(config, workdir: str) -> dict:
-  """Runs SAMI pretraining in `workdir`; returns the last logged metrics."""
+  """Runs SAMI pretraining (or distillation) in `workdir`; returns the last logged metrics."""
   return loop.train(config, workdir, SamiTask(config))
