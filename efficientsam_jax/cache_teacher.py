@@ -25,7 +25,8 @@ flags.DEFINE_string("output", None, "Cache directory (new, empty, or a cache of 
                     "config to resume). Train with --config.teacher.cache_dir=DIR.")
 flags.DEFINE_integer("batch_size", None, "Images per teacher call on this process (a multiple "
                      "of its local device count); default: the config's batch_size divided "
-                     "by the process count.")
+                     "by the process count, which gives the teacher the per-device batch of "
+                     "training (its bf16 results depend on it, at the level of bf16 noise).")
 flags.DEFINE_integer("records_per_shard", 0, "Targets per shard file; 0: about 512 MiB of "
                      "targets per shard.")
 flags.DEFINE_integer("num_processes", None, "As for efficientsam_jax.main.")

@@ -7,7 +7,11 @@
 - Training workdir: a directory with `checkpoints/`; its latest parameters are used. A
   finetuning workdir's config.json gives the model's input size/depth (a shrunk demo model);
   a SAMI pretraining workdir gives an EfficientSAM whose encoder is the pretrained one and whose
-  neck, prompt encoder and mask decoder are freshly initialised (said on the console).
+  neck, prompt encoder and mask decoder are freshly initialised (said on the console). A
+  distillation workdir (configs/mobilesam_distill.py) gives its student encoder with its neck:
+  a TinyViT student becomes MobileSAM, with the prompt encoder and mask decoder of the teacher
+  file when that is a whole SAM checkpoint (MobileSAM's recipe) and fresh ones otherwise; a
+  ViT student becomes EfficientSAM with a fresh prompt encoder and decoder.
 Every failure is a `ModelFileError` with a one-line message naming the file or tensor.
 """
 import json
@@ -89,12 +93,8 @@ def load_torch(path: str, model: str | None = None) -> tuple[str, dict]:
 def workdir_model_overrides(path: str) -> dict:
   """EfficientSamConfig fields a finetuning workdir recorded in config.json (its input size
   and encoder depth), so its weights load as the model they are; {} for anything else."""
-  try:
-    with open(os.path.join(path, "config.json")) as f:
-      config = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  if not isinstance(config, dict) or config.get("trainer") != "efficientsam":
+  config = _workdir_config(path)
+  if config.get("trainer") != "efficientsam":
     return {}
   model = config.get("model", {})
   out = {"image_size": model.get("image_size"), "encoder_depth": model.get("encoder_depth")}
@@ -106,9 +106,15 @@ def is_sami_params(params) -> bool:
           and "mask_decoder" not in params and "decoder_embed" in params)
 
 
+def is_distilled_params(params) -> bool:
+  """A decoupled-distillation student (SAMI trainer, decoder.kind="none"): the encoder alone."""
+  return isinstance(params, dict) and set(params) == {"image_encoder"}
+
+
 def efficientsam_from_sami(sami_params, seed: int = 0, source: str = "") -> tuple[str, dict]:
-  """SAMI student params -> (model name, EfficientSAM params): the pretrained encoder (patch
-  embedding, position table, blocks) plus a fresh neck, prompt encoder and mask decoder.
+  """SAMI (or distilled ViT) student params -> (model name, EfficientSAM params): the trained
+  encoder (patch embedding, position table, blocks, and the neck when the student has one)
+  plus fresh parts for everything else.
 
   The size (vitt / vits) comes from the encoder width; a width or depth that no released
   EfficientSAM has is a ModelFileError.
@@ -130,10 +136,60 @@ def efficientsam_from_sami(sami_params, seed: int = 0, source: str = "") -> tupl
       rng, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 1, 1, 2)), jnp.zeros((1, 1, 1)),
       scale_to_original_image_size=False)["params"])(jax.random.key(seed))
   params = jax.tree.map(np.asarray, fresh)
-  params["image_encoder"] = {**params["image_encoder"], **encoder}  # the neck stays fresh
-  print(f"{source or 'SAMI workdir'}: {name} with the SAMI-pretrained encoder; neck, prompt "
-        "encoder and mask decoder freshly initialised")
+  params["image_encoder"] = {**params["image_encoder"], **encoder}  # SAMI: the neck is fresh
+  fresh = "prompt encoder and mask decoder" if "neck_0" in encoder else (
+      "neck, prompt encoder and mask decoder")
+  print(f"{source or 'SAMI workdir'}: {name} with the trained encoder; {fresh} freshly "
+        "initialised")
   return name, params
+
+
+def _whole_sam_params(path: str | None):
+  """Params of a whole SAM checkpoint at `path`, or None (unset, missing, encoder only)."""
+  if not path or not os.path.exists(path):
+    return None
+  try:
+    name, params = load(path)
+  except ModelFileError:
+    return None
+  return params if name in sam.MODELS and name != "mobile_sam" else None
+
+
+def mobile_sam_from_distilled(encoder, teacher_checkpoint: str | None = None, seed: int = 0,
+                              source: str = "") -> tuple[str, dict]:
+  """A distilled TinyViT (`image_encoder` params) -> ("mobile_sam", params): MobileSAM is that
+  encoder in front of SAM's own prompt encoder and mask decoder, taken from the teacher's
+  checkpoint when it is a whole SAM (the decoupled recipe: the decoder is never retrained),
+  else freshly initialised."""
+  config = config_for("mobile_sam", image_size=64)  # TinyViT's shapes do not depend on it
+  teacher = _whole_sam_params(teacher_checkpoint)
+  if teacher is None:
+    s = config.image_size
+    model = sam.Sam(config)
+    teacher = jax.jit(lambda rng: model.init(
+        rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, 1, 1, 2)), jnp.ones((1, 1, 1)),
+        jnp.zeros((1, 1, 4 * config.grid, 4 * config.grid)))["params"])(jax.random.key(seed))
+    print(f"{source or 'distillation workdir'}: mobile_sam with the distilled encoder; prompt "
+          "encoder and mask decoder freshly initialised (the teacher file is not a whole SAM)")
+  else:
+    print(f"{source or 'distillation workdir'}: mobile_sam with the distilled encoder and the "
+          f"prompt encoder and mask decoder of {teacher_checkpoint}")
+  params = {"image_encoder": jax.tree.map(np.asarray, encoder),
+            "prompt_encoder": jax.tree.map(np.asarray, teacher["prompt_encoder"]),
+            "mask_decoder": jax.tree.map(np.asarray, teacher["mask_decoder"])}
+  # Strict check (a shrunk TinyViT is no MobileSAM): WeightsError names the misfit tensor.
+  return "mobile_sam", sam.params_from_torch(sam.params_to_torch(params),
+                                             config_for("mobile_sam"))
+
+
+def _workdir_config(path: str) -> dict:
+  """A training workdir's config.json as a dict ({} when absent or unreadable)."""
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return config if isinstance(config, dict) else {}
 
 
 def load_jax(directory: str, model: str | None = None) -> tuple[str, dict]:
@@ -143,8 +199,14 @@ def load_jax(directory: str, model: str | None = None) -> tuple[str, dict]:
     params, stored_name = checkpointing.latest_workdir_params(directory), None
     overrides = {k: v for k, v in workdir_model_overrides(directory).items()
                  if k == "encoder_depth"}
-    if is_sami_params(params):
+    name = None
+    if is_distilled_params(params) and "seq_0" in params["image_encoder"].get("patch_embed", {}):
+      teacher = _workdir_config(directory).get("teacher", {})
+      name, params = mobile_sam_from_distilled(params["image_encoder"], teacher.get("checkpoint"),
+                                               source=directory)
+    elif is_sami_params(params) or is_distilled_params(params):
       name, params = efficientsam_from_sami(params, source=directory)
+    if name is not None:
       if model and model != name:
         raise ModelFileError(f"{directory} holds a {name} encoder, not {model}")
       return name, params

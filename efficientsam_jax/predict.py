@@ -3,8 +3,11 @@ r"""Promptable segmentation with EfficientSAM, SAM and MobileSAM: a `Predictor` 
   python -m efficientsam_jax.predict --checkpoint=efficient_sam_vitt.pt --image=dogs.png \
       --prompts=prompts.json --output=out.npz [--model=NAME] [--overlay=out.png]
 
-prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, ...]} or
-{"box": [x1, y1, x2, y2]}, in original-image pixels. out.npz holds `logits` (Q, 3, H, W),
+prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, ...]},
+{"box": [x1, y1, x2, y2]} or both (the points, then the box's two corners), in original-image
+pixels. SAM and MobileSAM queries may add "mask_input": low-resolution mask logits (256 x 256,
+or 1 x 256 x 256) from a previous prediction, as a nested list or the path of a .npy file
+(relative to prompts.json). out.npz holds `logits` (Q, 3, H, W),
 `low_res_logits` (Q, 3, 256, 256), `iou` (Q, 3) and `image_embeddings` (256, 64, 64): the
 released PyTorch model's `forward` outputs for the same image and prompts (for SAM and
 MobileSAM: SamPredictor's multimask outputs, masks 1..3, logits by `postprocess_masks`).
@@ -50,8 +53,9 @@ def bucket_size(num_queries: int) -> int:
 def queries_to_arrays(queries: list, max_points: int) -> tuple[np.ndarray, np.ndarray]:
   """JSON-style queries -> points (Q, max_points, 2) float32, labels (Q, max_points) float32.
 
-  A box is its two corners labelled 2 and 3. Shorter queries are padded with (-1, -1) and
-  label -1, longer ones cut, exactly as the model would.
+  A box is its two corners labelled 2 and 3, after the query's points when it has both (SAM
+  orders its tokens so). Shorter queries are padded with (-1, -1) and label -1, longer ones
+  cut, exactly as the model would.
   """
   if not isinstance(queries, list) or not queries:
     raise PromptError("prompts must be a non-empty JSON list of queries")
@@ -65,31 +69,68 @@ def queries_to_arrays(queries: list, max_points: int) -> tuple[np.ndarray, np.nd
 
 
 def _parse_query(query, index: int) -> tuple[np.ndarray, np.ndarray]:
+  """One JSON query -> points (n, 2), labels (n,): its points, then its box's corners."""
   where = f"query {index}"
   if not isinstance(query, dict):
-    raise PromptError(f"{where}: expected an object with 'points'/'labels' or 'box'")
+    raise PromptError(f"{where}: expected an object with 'points'/'labels' and/or 'box'")
+  has_points = "points" in query or "labels" in query
+  if not has_points and "box" not in query:
+    raise PromptError(f"{where}: needs 'points' and 'labels', or 'box'")
+  q_points = np.zeros((0, 2), np.float32)
+  q_labels = np.zeros((0,), np.float32)
   try:
+    if has_points:
+      if "points" not in query or "labels" not in query:
+        raise PromptError(f"{where}: needs 'points' and 'labels', or 'box'")
+      q_points = np.asarray(query["points"], np.float64)
+      q_labels = np.asarray(query["labels"], np.float64)
+      if q_points.ndim != 2 or q_points.shape[1] != 2 or len(q_points) == 0:
+        raise PromptError(f"{where}: 'points' must be a non-empty list of [x, y]")
+      if q_labels.shape != (len(q_points),):
+        raise PromptError(f"{where}: {len(q_points)} points but {q_labels.size} labels")
+      if not np.isin(q_labels, (-1, 0, 1, 2, 3)).all():
+        raise PromptError(f"{where}: labels must be -1, 0, 1, 2 or 3")
     if "box" in query:
       box = np.asarray(query["box"], np.float64)
       if box.shape != (4,):
         raise PromptError(f"{where}: 'box' must be [x1, y1, x2, y2]")
-      return (box.reshape(2, 2).astype(np.float32),
-              np.asarray([pe.LABEL_BOX_TOP_LEFT, pe.LABEL_BOX_BOTTOM_RIGHT], np.float32))
-    if "points" not in query or "labels" not in query:
-      raise PromptError(f"{where}: needs 'points' and 'labels', or 'box'")
-    q_points = np.asarray(query["points"], np.float64)
-    q_labels = np.asarray(query["labels"], np.float64)
+      q_points = np.concatenate([q_points, box.reshape(2, 2)])
+      q_labels = np.concatenate([q_labels, [pe.LABEL_BOX_TOP_LEFT,
+                                            pe.LABEL_BOX_BOTTOM_RIGHT]])
   except (TypeError, ValueError) as e:
     if isinstance(e, PromptError):
       raise
     raise PromptError(f"{where}: coordinates and labels must be numbers") from None
-  if q_points.ndim != 2 or q_points.shape[1] != 2 or len(q_points) == 0:
-    raise PromptError(f"{where}: 'points' must be a non-empty list of [x, y]")
-  if q_labels.shape != (len(q_points),):
-    raise PromptError(f"{where}: {len(q_points)} points but {q_labels.size} labels")
-  if not np.isin(q_labels, (-1, 0, 1, 2, 3)).all():
-    raise PromptError(f"{where}: labels must be -1, 0, 1, 2 or 3")
   return q_points.astype(np.float32), q_labels.astype(np.float32)
+
+
+def queries_mask_inputs(queries: list, size: int, base_dir: str = "."):
+  """The queries' "mask_input" entries -> (masks (Q, size, size) float32, has_mask (Q,) bool),
+  zeros/False where a query has none; (None, None) when no query has one.
+
+  An entry is size x size (or 1 x size x size) logits: a nested list, an array, or the path
+  of a .npy file (relative paths from base_dir).
+  """
+  if not any(isinstance(q, dict) and "mask_input" in q for q in queries):
+    return None, None
+  masks = np.zeros((len(queries), size, size), np.float32)
+  has_mask = np.zeros((len(queries),), bool)
+  for i, query in enumerate(queries):
+    if not isinstance(query, dict) or "mask_input" not in query:
+      continue
+    value = query["mask_input"]
+    try:
+      if isinstance(value, str):
+        value = np.load(os.path.join(base_dir, value), allow_pickle=False)
+      mask = np.asarray(value, np.float32)
+    except (OSError, ValueError, TypeError) as e:
+      raise PromptError(f"query {i}: cannot read 'mask_input' "
+                        f"({' '.join(str(e).split())[:200]})") from None
+    if mask.shape not in ((size, size), (1, size, size)):
+      raise PromptError(f"query {i}: 'mask_input' must be {size}x{size} low-resolution logits,"
+                        f" got shape {mask.shape}")
+    masks[i], has_mask[i] = mask.reshape(size, size), True
+  return masks, has_mask
 
 
 class Predictor:
@@ -110,28 +151,33 @@ class Predictor:
       model, cls = sam.Sam(config), sam.Sam
       # Per image size (cheap): uint8 -> longest side resized, normalised, padded.
       preprocess = lambda image: sam.preprocess(image[None].astype(jnp.float32), size)
-      predict_masks = lambda p, e, pts, lbl, hw, resized: model.apply(
-          {"params": p}, e, pts, lbl, hw, resized, method=cls.predict_masks)
+      predict_masks = lambda p, e, pts, lbl, masks, has_mask, hw, resized: model.apply(
+          {"params": p}, e, pts, lbl, hw, resized, masks, has_mask, method=cls.predict_masks)
     else:
       model, cls = es.EfficientSam(config), es.EfficientSam
       # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
       preprocess = lambda image: es.preprocess(image[None].astype(jnp.float32) / 255.0, size)
-      predict_masks = lambda p, e, pts, lbl, hw, resized: model.apply(
+      # No mask-input path in EfficientSAM: predict_arrays refuses masks before this.
+      predict_masks = lambda p, e, pts, lbl, masks, has_mask, hw, resized: model.apply(
           {"params": p}, e, pts, lbl, hw, method=cls.predict_masks)
     self._preprocess = jax.jit(preprocess)
     # One shape, (1, size, size, 3): compiled once for all images.
     self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=cls.encode))
 
-    def decode(p, embeddings, points, labels, input_hw, resized):
-      """(1, g, g, C), (Qb, n, 2), (Qb, n), (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3)."""
+    def decode(p, embeddings, points, labels, masks, has_mask, input_hw, resized):
+      """(1, g, g, C), (Qb, n, 2), (Qb, n), masks (Qb, 4g, 4g) and has_mask (Qb,) or both
+      None, (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3). Without masks the mask-input
+      path is not even traced (None is an empty pytree: its own compilation)."""
       chunk = min(points.shape[0], QUERY_CHUNK)
 
       def one_chunk(xs):
-        low, iou = predict_masks(p, embeddings, xs[0][None], xs[1][None], input_hw, resized)
+        xs = jax.tree.map(lambda x: x[None], xs)
+        low, iou = predict_masks(p, embeddings, *xs, input_hw, resized)
         return low[0], iou[0]
 
       shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
-      low, iou = jax.lax.map(one_chunk, (shaped(points), shaped(labels)))
+      low, iou = jax.lax.map(one_chunk,
+                             jax.tree.map(shaped, (points, labels, masks, has_mask)))
       return low.reshape((-1,) + low.shape[2:]), iou.reshape((-1,) + iou.shape[2:])
 
     self._decode = jax.jit(decode)
@@ -153,11 +199,11 @@ class Predictor:
 
   def max_points(self, queries: list) -> int:
     """Prompt length for these queries: EfficientSAM always takes 6; SAM takes every point
-    (at least 6, so that most prompt sets share one compiled shape)."""
+    and box corner (at least 6, so that most prompt sets share one compiled shape)."""
     if not self.is_sam:
       return self.config.max_num_points
-    longest = max((len(q.get("points", ())) if isinstance(q, dict) else 0 for q in queries),
-                  default=0)
+    length = lambda q: len(q.get("points", ())) + 2 * ("box" in q) if isinstance(q, dict) else 0
+    longest = max(map(length, queries), default=0)
     return max(self.config.max_num_points, longest)
 
   def set_image(self, image: np.ndarray) -> None:
@@ -175,40 +221,64 @@ class Predictor:
     self._require_image()
     return np.asarray(self._embeddings[0]).transpose(2, 0, 1)
 
-  def predict(self, points=None, labels=None, boxes=None, full_resolution: bool = True) -> dict:
+  def predict(self, points=None, labels=None, boxes=None, mask_input=None,
+              full_resolution: bool = True) -> dict:
     """Decodes queries against the current image (all in one jitted call).
 
     Args:
       points: (Q, N, 2) (x, y) original-image pixels, with labels (Q, N) in {-1, 0, 1, 2, 3}.
       boxes: (Q', 4) x1, y1, x2, y2; appended after the point queries.
+      mask_input: SAM and MobileSAM only: (Q + Q', 4g, 4g) low-resolution logits (e.g. a
+        previous prediction's best `low_res_logits`), one per query in that order.
       full_resolution: also return `logits` resized to the image (bicubic).
     Returns:
       {"low_res_logits": (Q, 3, 4g, 4g), "iou": (Q, 3), "logits": (Q, 3, H, W)} numpy.
     """
-    self._require_image()
     queries = []
     if points is not None:
       points, labels = np.asarray(points), np.asarray(labels)
       queries += [{"points": p.tolist(), "labels": l.tolist()} for p, l in zip(points, labels)]
     if boxes is not None:
       queries += [{"box": b} for b in np.asarray(boxes, np.float32).tolist()]
-    all_points, all_labels = queries_to_arrays(queries, self.max_points(queries))
-    return self.predict_arrays(all_points, all_labels, full_resolution)
+    if mask_input is not None:
+      mask_input = np.asarray(mask_input, np.float32)
+      if len(mask_input) != len(queries):
+        raise PromptError(f"{len(mask_input)} mask inputs for {len(queries)} queries")
+      queries = [{**q, "mask_input": m} for q, m in zip(queries, mask_input)]
+    return self.predict_queries(queries, full_resolution)
+
+  def predict_queries(self, queries: list, full_resolution: bool = True,
+                      base_dir: str = ".") -> dict:
+    """Decodes JSON-style queries (points/labels, box, or both; mask_input for SAM) as
+    predict does; base_dir resolves relative mask_input paths."""
+    self._require_image()
+    points, labels = queries_to_arrays(queries, self.max_points(queries))
+    masks, has_mask = queries_mask_inputs(queries, 4 * self.config.grid, base_dir)
+    return self.predict_arrays(points, labels, full_resolution, masks, has_mask)
 
   def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
-                     full_resolution: bool = True) -> dict:
-    """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n)."""
+                     full_resolution: bool = True, mask_input: np.ndarray | None = None,
+                     has_mask: np.ndarray | None = None) -> dict:
+    """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n), and for SAM
+    optionally mask_input (Q, 4g, 4g) with has_mask (Q,) bool (default: every query)."""
     self._require_image()
     q = points.shape[0]
+    if mask_input is not None and not self.is_sam:
+      raise PromptError("mask_input needs a SAM or MobileSAM model: EfficientSAM has no "
+                        "mask-input path")
     padded = bucket_size(q)
     if padded > QUERY_CHUNK:  # whole chunks inside the call
       padded = -(-padded // QUERY_CHUNK) * QUERY_CHUNK
     pad = ((0, padded - q),) + ((0, 0),) * (points.ndim - 1)
     points = np.pad(points.astype(np.float32), pad, constant_values=-1.0)
     labels = np.pad(labels.astype(np.float32), pad[:2], constant_values=pe.LABEL_PADDING)
+    if mask_input is not None:
+      has_mask = np.ones((q,), bool) if has_mask is None else np.asarray(has_mask, bool)
+      mask_input = np.pad(np.asarray(mask_input, np.float32), pad[:1] + ((0, 0), (0, 0)))
+      has_mask = np.pad(has_mask, pad[:1])
     h, w = self._image_hw
-    low, iou = self._decode(self.params, self._embeddings, points, labels,
-                            np.asarray((h, w), np.int32),
+    low, iou = self._decode(self.params, self._embeddings, points, labels, mask_input,
+                            has_mask, np.asarray((h, w), np.int32),
                             np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
     out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
     if full_resolution:
@@ -301,7 +371,9 @@ def define_flags():
   tests import both into one process."""
   flags.DEFINE_string("checkpoint", None, "Released .pt, JAX parameter checkpoint, or workdir.")
   flags.DEFINE_string("image", None, "Input image (any format PIL reads; converted to RGB).")
-  flags.DEFINE_string("prompts", None, "JSON list of {'points','labels'} or {'box'} queries.")
+  flags.DEFINE_string("prompts", None, "JSON list of queries: {'points','labels'}, {'box'} or "
+                      "both; SAM/MobileSAM queries may add 'mask_input' (256x256 logits: a "
+                      "nested list or a .npy path).")
   flags.DEFINE_string("output", None, "Output .npz: logits, low_res_logits, iou, "
                       "image_embeddings.")
   flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits | sam_vit_b | "
@@ -339,10 +411,16 @@ def run(checkpoint: str, image_path: str, prompts_path: str, output: str,
   # Prompts are checked before the (slower) model load.
   queries = _read_prompts(prompts_path)
   queries_to_arrays(queries, es.EfficientSamConfig().max_num_points)
+  base_dir = os.path.dirname(os.path.abspath(prompts_path))
   predictor = Predictor.from_checkpoint(checkpoint, model)
+  # Mask inputs are checked before the (slow) encoder runs.
+  masks, _ = queries_mask_inputs(queries, 4 * predictor.config.grid, base_dir)
+  if masks is not None and not predictor.is_sam:
+    raise PromptError("mask_input needs a SAM or MobileSAM model: EfficientSAM has no "
+                      "mask-input path")
   points, labels = queries_to_arrays(queries, predictor.max_points(queries))
   predictor.set_image(image)
-  out = predictor.predict_arrays(points, labels)
+  out = predictor.predict_queries(queries, base_dir=base_dir)
   out["image_embeddings"] = predictor.image_embeddings
   try:
     np.savez(output, **out)

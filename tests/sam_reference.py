@@ -48,11 +48,44 @@ def _stub_timm():
                       "timm.models.registry": registry})
 
 
+def _stub_torchvision():
+  """The two torchvision functions segment_anything.utils.transforms imports. They serve only
+  `apply_image` (PIL resizing), which the tests never call: images go through
+  `apply_image_torch`."""
+  if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+    return
+
+  def unavailable(*args, **kwargs):
+    raise NotImplementedError("torchvision is stubbed in the tests; use apply_image_torch")
+
+  functional = types.ModuleType("torchvision.transforms.functional")
+  functional.resize = functional.to_pil_image = unavailable
+  transforms = types.ModuleType("torchvision.transforms")
+  transforms.functional = functional
+  torchvision = types.ModuleType("torchvision")
+  torchvision.transforms = transforms
+  sys.modules.update({"torchvision": torchvision, "torchvision.transforms": transforms,
+                      "torchvision.transforms.functional": functional})
+
+
 def segment_anything_modeling():
   require_module("torch")
   _bare_package("segment_anything")
   import segment_anything.modeling as modeling
   return modeling
+
+
+def sam_predictor(model, image_uint8: np.ndarray):
+  """segment_anything's SamPredictor for a torch Sam with `image_uint8` (H, W, 3) set through
+  `set_torch_image` and the antialiased resize of `reference_resized` (as our
+  `sam.preprocess`); its `predict` then transforms prompts and postprocesses as released."""
+  segment_anything_modeling()
+  _stub_torchvision()
+  from segment_anything.predictor import SamPredictor
+  predictor = SamPredictor(model)
+  predictor.set_torch_image(reference_resized(image_uint8, model.image_encoder.img_size)[0],
+                            image_uint8.shape[:2])
+  return predictor
 
 
 def mobile_sam_modeling():
@@ -99,16 +132,24 @@ def state_dict_numpy(model) -> dict:
   return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def reference_input(image_uint8: np.ndarray, model, image_size=1024):
-  """segment_anything's preprocessing of an (H, W, 3) uint8 image: antialiased bilinear
-  longest-side resize (`apply_image_torch`), then `Sam.preprocess` (normalise, pad)."""
+def reference_resized(image_uint8: np.ndarray, image_size=1024):
+  """(1, 3, H', W') float tensor, (H', W'): the antialiased bilinear longest-side resize that
+  `ResizeLongestSide.apply_image_torch` means to do (it passes the batch and channel counts
+  as the image size, so it is reproduced here rather than called)."""
   import torch
   import torch.nn.functional as F
   h, w = image_uint8.shape[:2]
   scale = image_size * 1.0 / max(h, w)
   size = (int(h * scale + 0.5), int(w * scale + 0.5))
   x = torch.from_numpy(np.array(image_uint8)).permute(2, 0, 1)[None].float()
-  x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+  return F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True), size
+
+
+def reference_input(image_uint8: np.ndarray, model, image_size=1024):
+  """segment_anything's preprocessing of an (H, W, 3) uint8 image: the longest-side resize of
+  `reference_resized`, then `Sam.preprocess` (normalise, pad)."""
+  import torch
+  x, size = reference_resized(image_uint8, image_size)
   with torch.no_grad():
     return model.preprocess(x), size
 

@@ -79,6 +79,26 @@ def test_64_boxes_in_one_call(predictor, golden):
   np.testing.assert_allclose(alone["iou"], out["iou"][:3], atol=1e-6)
 
 
+def test_points_and_box_in_one_query_equal_the_model_called_directly(predictor, checkpoint,
+                                                                      golden):
+  """EfficientSAM takes a combined query as its points, then the box corners (labels 2, 3)."""
+  from efficientsam_jax import model_files
+  from efficientsam_jax.models import efficient_sam as es
+  query = {"points": [[500.0, 300.0], [620.0, 250.0]], "labels": [1, 0],
+           "box": [300.0, 150.0, 800.0, 500.0]}
+  out = predictor.predict_queries([query], full_resolution=False)
+  points = np.array([[[[500, 300], [620, 250], [300, 150], [800, 500]]]], np.float32)
+  labels = np.array([[[1, 0, 2, 3]]], np.float32)
+  _, params = model_files.load(checkpoint)
+  low, iou = es.EfficientSam(predictor.config).apply(
+      {"params": params}, predictor._embeddings, points, labels,
+      golden["image_uint8"].shape[:2], method=es.EfficientSam.predict_masks)
+  np.testing.assert_allclose(out["low_res_logits"], np.asarray(low[0]), atol=1e-5)
+  np.testing.assert_allclose(out["iou"], np.asarray(iou[0]), atol=1e-6)
+  with pytest.raises(predict.PromptError, match="mask_input needs a SAM"):
+    predictor.predict_queries([{**query, "mask_input": np.zeros((256, 256))}])
+
+
 def test_bucket_sizes():
   assert [predict.bucket_size(n) for n in (1, 2, 4, 5, 16, 17, 64, 65, 200)] == [
       1, 4, 4, 16, 16, 64, 64, 128, 256]
@@ -91,10 +111,95 @@ def test_bucket_sizes():
     ([{"points": [[1, 2]], "labels": [7]}], "labels must be"),
     ([{"points": [["a", 2]], "labels": [1]}], "must be numbers"),
     ([{"pts": []}], "needs 'points' and 'labels'"),
+    ([{"points": [[1, 2]], "box": [1, 2, 3, 4]}], "needs 'points' and 'labels'"),
+    ([{"points": [[1, 2]], "labels": [1], "box": [1, 2]}], "'box' must be"),
 ])
 def test_bad_prompts(queries, message):
   with pytest.raises(predict.PromptError, match=message):
     predict.queries_to_arrays(queries, 6)
+
+
+def test_combined_query_arrays():
+  points, labels = predict.queries_to_arrays(
+      [{"points": [[1, 2]], "labels": [0], "box": [3, 4, 5, 6]}, {"box": [7, 8, 9, 10]}], 6)
+  np.testing.assert_array_equal(points[0, :3], [[1, 2], [3, 4], [5, 6]])
+  np.testing.assert_array_equal(labels, [[0, 2, 3, -1, -1, -1], [2, 3, -1, -1, -1, -1]])
+
+
+def test_mask_inputs_from_lists_arrays_and_npy(tmp_path):
+  mask = np.random.default_rng(0).normal(size=(1, 8, 8)).astype(np.float32)
+  np.save(tmp_path / "m.npy", mask)
+  queries = [{"box": [0, 0, 1, 1], "mask_input": "m.npy"}, {"box": [0, 0, 1, 1]},
+             {"box": [0, 0, 1, 1], "mask_input": mask[0].tolist()}]
+  masks, has_mask = predict.queries_mask_inputs(queries, 8, str(tmp_path))
+  np.testing.assert_array_equal(has_mask, [True, False, True])
+  np.testing.assert_array_equal(masks[0], mask[0])
+  np.testing.assert_array_equal(masks[2], mask[0])
+  assert predict.queries_mask_inputs(queries[1:2], 8) == (None, None)
+  with pytest.raises(predict.PromptError, match="must be 8x8"):
+    predict.queries_mask_inputs([{"mask_input": [[1.0]]}], 8)
+  with pytest.raises(predict.PromptError, match="cannot read 'mask_input'"):
+    predict.queries_mask_inputs([{"mask_input": "missing.npy"}], 8, str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------
+# SAM prompts beyond points or a box, against segment_anything's SamPredictor: a SAM with a
+# 4-block, 64-wide encoder (cheap at 1024) and the released prompt encoder and decoder.
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+  """(SamPredictor of the torch model with the image set, our Predictor, the image)."""
+  import functools as ft
+  import sam_reference as ref
+  import torch
+  from efficientsam_jax.models import sam
+  modeling = ref.segment_anything_modeling()
+  encoder = modeling.ImageEncoderViT(
+      img_size=1024, patch_size=16, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4,
+      out_chans=256, qkv_bias=True, norm_layer=ft.partial(torch.nn.LayerNorm, eps=1e-6),
+      use_rel_pos=True, window_size=14, global_attn_indexes=(1, 3))
+  model = ref.build_sam(modeling, encoder)
+  config = sam.SamConfig(encoder="tiny")
+  ours = predict.Predictor(sam.params_from_torch(ref.state_dict_numpy(model), config), config)
+  image = np.random.default_rng(5).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+  ours.set_image(image)
+  return ref.sam_predictor(model, image), ours, image
+
+
+def test_sam_points_box_and_mask_inputs_match_sam_predictor(tiny_sam):
+  reference, ours, _ = tiny_sam
+  rng = np.random.default_rng(1)
+  masks = [rng.normal(0, 4, (256, 256)).astype(np.float32) for _ in range(2)]
+  queries = [
+      {"points": [[100, 120], [250, 80]], "labels": [1, 0], "box": [40, 30, 300, 260]},
+      {"points": [[200, 150]], "labels": [1], "mask_input": masks[0]},
+      {"box": [10, 20, 380, 280], "mask_input": masks[1][None]},
+      {"points": [[60, 200], [300, 100], [320, 250]], "labels": [1, 1, 0],
+       "box": [5, 5, 400, 290], "mask_input": masks[0]},
+      {"points": [[60, 200]], "labels": [1]},  # no mask, in a call where others have one
+  ]
+  out = ours.predict_queries(queries)
+  diff = np.abs(np.asarray(ours.image_embeddings) - reference.features[0].numpy()).max()
+  assert diff < 1e-4, diff
+  for i, query in enumerate(queries):
+    mask = query.get("mask_input")
+    logits, iou, low = reference.predict(
+        point_coords=np.asarray(query["points"], np.float32) if "points" in query else None,
+        point_labels=np.asarray(query["labels"]) if "points" in query else None,
+        box=np.asarray(query["box"], np.float32) if "box" in query else None,
+        mask_input=None if mask is None else np.asarray(mask).reshape(1, 256, 256),
+        multimask_output=True, return_logits=True)
+    d_low = np.abs(out["low_res_logits"][i] - low).max()
+    d_iou = np.abs(out["iou"][i] - iou).max()
+    d_full = np.abs(out["logits"][i] - logits).max()
+    print(f"SamPredictor query {i}: low-res {d_low:.2e}, iou {d_iou:.2e}, full {d_full:.2e}")
+    # The embeddings' float32 noise, amplified by the decoder (as in test_mobile_sam).
+    assert d_low < 1e-3 and d_iou < 1e-4 and d_full < 1e-3, i
+  # The array API: one mask per query, in the order point queries then boxes.
+  again = ours.predict(points=[[[200, 150]]], labels=[[1]], boxes=[[10, 20, 380, 280]],
+                       mask_input=np.stack(masks), full_resolution=False)
+  # Another query count compiles another shape: float32 summation order, nothing more.
+  np.testing.assert_allclose(again["low_res_logits"], out["low_res_logits"][1:3], atol=1e-4)
 
 
 def _cli(*args):
@@ -126,6 +231,14 @@ def test_cli(checkpoint, golden, fixture_queries, tmp_path):
   assert result.returncode != 0
   assert result.stderr.startswith("predict: error: query 0") and result.stderr.count("\n") == 1
 
+  np.save(tmp_path / "mask.npy", np.zeros((256, 256), np.float32))
+  masked = tmp_path / "masked.json"
+  masked.write_text(json.dumps([{"box": [1, 2, 30, 40], "mask_input": "mask.npy"}]))
+  result = _cli(f"--checkpoint={checkpoint}", f"--image={image}", f"--prompts={masked}",
+                f"--output={tmp_path / 'x.npz'}")
+  assert result.returncode != 0 and result.stderr.count("\n") == 1
+  assert result.stderr.startswith("predict: error: mask_input needs a SAM")
+
 
 # ----------------------------------------------------------------------------------------
 # SAM: `--model=sam_vit_b` with a random full-size vit_b checkpoint saved by torch.
@@ -149,12 +262,16 @@ def sam_vit_b(tmp_path_factory):
 
 def test_sam_vit_b_cli_on_real_image(sam_vit_b, fixtures_dir, tmp_path):
   import sam_reference as ref
-  import torch
   path, model = sam_vit_b
   image_path = fixtures_dir / "dogs.png"
+  mask = np.random.default_rng(2).normal(0, 4, (1, 256, 256)).astype(np.float32)
+  np.save(tmp_path / "previous.npy", mask)
+  queries = [{"points": [[500, 300], [700, 350]], "labels": [1, 0]},
+             {"box": [60, 80, 560, 590]},
+             {"points": [[300, 400]], "labels": [1], "box": [60, 80, 560, 590]},
+             {"points": [[300, 400]], "labels": [1], "mask_input": "previous.npy"}]
   prompts = tmp_path / "prompts.json"
-  prompts.write_text(json.dumps([{"points": [[500, 300], [700, 350]], "labels": [1, 0]},
-                                 {"box": [60, 80, 560, 590]}]))
+  prompts.write_text(json.dumps(queries))
   out, overlay = tmp_path / "out.npz", tmp_path / "overlay.png"
   result = _cli(f"--checkpoint={path}", f"--image={image_path}", f"--prompts={prompts}",
                 f"--output={out}", f"--overlay={overlay}", "--model=sam_vit_b")
@@ -163,13 +280,20 @@ def test_sam_vit_b_cli_on_real_image(sam_vit_b, fixtures_dir, tmp_path):
   with Image.open(image_path) as picture:
     image = np.asarray(picture.convert("RGB"))
   h, w = image.shape[:2]
-  assert arrays["logits"].shape == (2, 3, h, w) and arrays["iou"].shape == (2, 3)
-  assert arrays["low_res_logits"].shape == (2, 3, 256, 256)
-  x, _ = ref.reference_input(image, model)
-  with torch.no_grad():
-    want = model.image_encoder(x)[0].numpy()
-  diff = np.abs(arrays["image_embeddings"] - want).max()
+  assert arrays["logits"].shape == (4, 3, h, w) and arrays["iou"].shape == (4, 3)
+  assert arrays["low_res_logits"].shape == (4, 3, 256, 256)
+  reference = ref.sam_predictor(model, image)
+  diff = np.abs(arrays["image_embeddings"] - reference.features[0].numpy()).max()
   print(f"sam_vit_b embeddings on dogs.png: max abs diff {diff:.2e}")
   assert diff < 1e-4
+  for i, query in enumerate(queries):
+    _, iou, low = reference.predict(
+        point_coords=np.asarray(query["points"], np.float32) if "points" in query else None,
+        point_labels=np.asarray(query["labels"]) if "points" in query else None,
+        box=np.asarray(query["box"], np.float32) if "box" in query else None,
+        mask_input=mask if "mask_input" in query else None, multimask_output=True)
+    d_low = np.abs(arrays["low_res_logits"][i] - low).max()
+    print(f"sam_vit_b query {i}: low-res {d_low:.2e}")
+    assert d_low < 1e-3 and np.abs(arrays["iou"][i] - iou).max() < 1e-4, i
   with Image.open(overlay) as picture:
     assert picture.size == (w, h)
