@@ -14,6 +14,8 @@ setuptools.setup(
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
         "grain>=0.2.12",
+        "array-record>=0.5",  # teacher-feature cache shards (grain depends on it too)
+        "ml-dtypes>=0.4",  # bfloat16 numpy arrays of cached targets (jax depends on it too)
         "tensorflow-datasets>=4.9.9",
         "ml-collections>=1.0",
         "absl-py>=2.0",

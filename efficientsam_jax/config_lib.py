@@ -48,6 +48,20 @@ def teacher_config(variant: dict) -> ml_collections.ConfigDict:
       cache_dir=config_dict.placeholder(str)))
 
 
+def shrink_to_demo(c: ml_collections.ConfigDict, variant: dict, *, image_size: int,
+                   batch_size: int, total_steps: int, lr: float) -> None:
+  """`demo` variants of the teacher-driven configs: the built-in generated images at
+  `image_size`, a tiny fixed-seed random SAM teacher (no downloads, no weights), a short run
+  logged every 10 steps."""
+  c.teacher.update(size=variant.get("teacher", "tiny"), random_init=True, dtype="float32")
+  c.data.update(source="demo", image_size=image_size, worker_count=0, num_demo_images=256)
+  c.batch_size = batch_size
+  c.total_steps = total_steps
+  c.optimizer.update(lr=lr, warmup_steps=20)
+  c.log_every = 10
+  c.checkpoint_every = 100
+
+
 def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """The SAMI recipe (EfficientSAM paper) for a student of `size` (vitt / vits / vitb)."""
   variant = parse_variant(arg)
@@ -82,15 +96,9 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   if variant.get("demo"):
     # Same recipe, shrunk: generated images, a tiny fixed-seed teacher, a shallow student of
     # the same width, a few hundred steps on a laptop CPU.
-    c.teacher.update(size=variant.get("teacher", "tiny"), random_init=True, dtype="float32")
+    shrink_to_demo(c, variant, image_size=96, batch_size=16, total_steps=300, lr=1e-3)
     c.student.overrides = {"depth": 4}
     c.decoder.update(width=256, depth=2, num_heads=8)
-    c.data.update(source="demo", image_size=96, worker_count=0, num_demo_images=256)
-    c.batch_size = 16
-    c.total_steps = 300
-    c.optimizer.update(lr=1e-3, warmup_steps=20)
-    c.log_every = 10
-    c.checkpoint_every = 100
   if variant.get("smoke"):
     # demo shrunk further for tests and CI: seconds per run, same code paths.
     c.student.overrides = {"depth": 2}
@@ -153,19 +161,14 @@ def distill_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Built-in images at 64 px (a 4x4 embedding grid), the tiny fixed-seed SAM teacher, a
     # few minutes on 2 CPU cores. The TinyViT keeps MobileSAM's shape (its parameters do not
     # depend on the input size), so a demo workdir converts to a mobile_sam checkpoint.
-    c.teacher.update(size=variant.get("teacher", "tiny"), random_init=True, dtype="float32")
+    shrink_to_demo(c, variant, image_size=64, batch_size=8, total_steps=300, lr=1e-3)
     if c.student.kind == "vit":
       c.student.overrides = {"depth": 4}
-    c.data.update(source="demo", image_size=64, worker_count=0, num_demo_images=256)
-    c.batch_size = 8
-    c.total_steps = 200
-    c.optimizer.update(lr=2e-3, warmup_steps=20)
-    c.log_every = 10
-    c.checkpoint_every = 100
   if variant.get("smoke"):
     # demo shrunk for tests and CI: seconds per run, same code paths.
     c.data.update(image_size=32, num_demo_images=32)
     c.total_steps = 20
+    c.optimizer.update(lr=2e-3, warmup_steps=5)
     c.log_every = 1
     c.checkpoint_every = 10
   return c

@@ -4,8 +4,9 @@ the teacher (`config.teacher.cache_dir`).
 
 A cache directory holds
   cache.json  what was cached: record count and sharding, target shape and dtype, the teacher
-              (size, output, dtype, weights file name) and the data settings that fix each
-              image's view (source, image_size, crop, min_scale, flip, view_seed).
+              (size, output, dtype, weights file name), the data settings that fix each
+              image's view (source, image_size, crop, min_scale, flip, view_seed) and, for
+              information only, where the images were (data.path, data.tfds_data_dir).
   targets-SSSSS-of-NNNNN.pP.array_record
               shard S: records [S*R, min((S+1)*R, num_records)) in source order (R =
               records_per_shard), written by process P (shard S belongs to process S mod the
@@ -47,8 +48,11 @@ PARTIAL_SUFFIX = ".partial"
 # One record per chunk: random access reads exactly the record asked for.
 WRITER_OPTIONS = "group_size:1,uncompressed"
 # The data settings a cached target depends on; a training config must agree on all of them.
-VIEW_FIELDS = ("source", "path", "tfds_name", "tfds_data_dir", "split", "num_demo_images",
-               "demo_seed", "image_size", "crop", "min_scale", "flip")
+# Where the images live (data.path, data.tfds_data_dir) is recorded but may change: every
+# record's image CRC already ties it to its image.
+VIEW_FIELDS = ("source", "tfds_name", "split", "num_demo_images", "demo_seed", "image_size",
+               "crop", "min_scale", "flip")
+LOCATION_FIELDS = ("path", "tfds_data_dir")
 TEACHER_FIELDS = ("size", "output")
 
 _HEADER_LENGTH = struct.Struct("<I")
@@ -124,6 +128,7 @@ def metadata_for(config, num_records: int, records_per_shard: int,
                   "checkpoint": os.path.basename(teacher.checkpoint or "") or None,
                   "random_init": bool(teacher.random_init), "seed": int(teacher.seed)},
       "data": {k: config.data.get(k) for k in VIEW_FIELDS},
+      "data_location": {k: config.data.get(k) for k in LOCATION_FIELDS},
       "view_seed": int(config.seed),
   }
 
@@ -143,27 +148,31 @@ def read_metadata(directory: str) -> dict:
   return metadata
 
 
-def _prepare_directory(directory: str, metadata: dict) -> None:
+def _prepare_directory(directory: str, metadata: dict, process_index: int) -> None:
   """Creates the cache directory or checks that it holds a cache of the same thing. Refuses
   a directory with anything else in it: the cache never mixes with (or deletes) other files."""
-  os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, METADATA_FILE)
-  if os.path.exists(path):
+  try:
+    os.makedirs(directory, exist_ok=True)
+    names = os.listdir(directory)
+  except OSError as e:
+    raise sources.DataError(f"cannot use {directory} as the cache directory: "
+                            f"{e.strerror or e}") from None
+  if METADATA_FILE in names:
     existing = read_metadata(directory)
-    if existing != metadata:
-      differ = sorted(k for k in set(existing) | set(metadata)
-                      if existing.get(k) != metadata.get(k))
+    differ = sorted(k for k in set(existing) | set(metadata)
+                    if k != "data_location" and existing.get(k) != metadata.get(k))
+    if differ:
       raise sources.DataError(f"{directory} holds a teacher cache of something else "
                               f"(differs in {', '.join(differ)}); choose another --output")
     return
-  foreign = [n for n in os.listdir(directory)
-             if not (n.startswith("targets-") or n.startswith(METADATA_FILE))]
+  foreign = [n for n in names if not (n.startswith("targets-") or n.startswith(METADATA_FILE))]
   if foreign:
     raise sources.DataError(f"{directory} is not empty and holds no teacher cache "
                             f"({foreign[0]} ...); choose a new or empty directory")
   # Every process may get here at once: each writes its own temporary file, and the renames
   # put the same content in place.
-  tmp = f"{path}.{os.getpid()}.tmp"
+  tmp = f"{path}.p{process_index}.tmp"
   with open(tmp, "w") as f:
     json.dump(metadata, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
@@ -222,7 +231,7 @@ def write_cache(directory: str, source, config,
   """
   layout = Layout(len(source), records_per_shard)
   _prepare_directory(directory, metadata_for(config, layout.num_records, records_per_shard,
-                                             target_shape))
+                                             target_shape), process_index)
   mine = range(process_index, layout.num_shards, process_count)
   todo = [s for s in mine if layout.complete_path(directory, s) is None]
   skipped = len(mine) - len(todo)
