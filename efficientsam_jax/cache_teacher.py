@@ -48,6 +48,7 @@ def run(config, output: str, batch_size: int | None = None, records_per_shard: i
   if config.teacher.get("cache_dir"):
     raise UserError("config.teacher.cache_dir is set: the config already reads a cache")
   spec = teacher.TeacherSpec.from_config(config.teacher)
+  data.num_examples(config)  # a missing dataset fails here, before the teacher weights load
   # Each process runs the teacher on its own devices: processes never wait for each other,
   # so each can skip the shards it already finished.
   mesh = sharding.make_mesh(-1, 1, devices=jax.local_devices())

@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from efficientsam_jax import checkpointing, config_lib, convert, model_files, torch_io
+from efficientsam_jax import checkpointing, config_lib, convert, data, model_files, torch_io
 from efficientsam_jax.data import sources, teacher_cache, transforms
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.trainers import sami as sami_trainer
@@ -220,6 +220,29 @@ def test_cache_mistakes_are_one_line_errors(cache_dir, tmp_path, command, messag
                 check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_processes_write_their_own_shards(tmp_path):
+  """Two processes (called in turn here) split the shards; the cache is whole only when both
+  have written theirs. A stand-in teacher keeps this free of compiling."""
+  config = config_lib.distill_config("demo,smoke")
+  fake_teacher = lambda images: np.broadcast_to(images[:, :2, :2, :1], images.shape[:1] + (
+      2, 2, 256))
+  directory = str(tmp_path / "cache")
+  write = lambda p: data.write_teacher_cache(directory, config, fake_teacher, (2, 2, 256),
+                                             batch_size=3, records_per_shard=5, process_index=p,
+                                             process_count=2)
+  assert write(0)["records"] == 17  # shards 0, 2, 4 and 6 (the last one: 2 records)
+  with pytest.raises(sources.DataError, match="incomplete: 3 of 7 shards missing"):
+    teacher_cache.TeacherCache(directory)
+  assert write(1)["records"] == 15  # shards 1, 3, 5
+  assert _shards(directory)[:2] == ["targets-00000-of-00007.p0.array_record",
+                                    "targets-00001-of-00007.p1.array_record"]
+  cache, source = teacher_cache.TeacherCache(directory), sources.DemoImageSource(32)
+  for i in (0, 6, 31):
+    view = teacher_cache.cached_view(source[i], i, config.seed, config.data)["image"]
+    want = fake_teacher(view[None])[0].astype(ml_dtypes.bfloat16)
+    assert cache.target(i, source[i]).tobytes() == want.tobytes()
 
 
 def test_record_round_trip_keeps_bf16_bits():
