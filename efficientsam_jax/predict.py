@@ -221,8 +221,8 @@ class Predictor:
     self._require_image()
     return np.asarray(self._embeddings[0]).transpose(2, 0, 1)
 
-  def predict(self, points=None, labels=None, boxes=None, mask_input=None,
-              full_resolution: bool = True) -> dict:
+  def predict(self, points=None, labels=None, boxes=None, full_resolution: bool = True, *,
+              mask_input=None) -> dict:
     """Decodes queries against the current image (all in one jitted call).
 
     Args:
