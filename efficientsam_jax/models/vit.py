@@ -143,10 +143,12 @@ class ImageEncoder(nn.Module):
   """EfficientSAM / SAMI ViT encoder (no class token, global attention everywhere).
 
   `__call__` runs the whole encoder; `embed` and `run_blocks` are its two halves, which SAMI
-  calls separately so the blocks see only the kept tokens.
+  calls separately so the blocks see only the kept tokens. `remat`: each block is recomputed
+  in the backward pass (jax.checkpoint) instead of storing its activations.
   """
   config: ViTConfig
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   def setup(self):
     c = self.config
@@ -155,7 +157,8 @@ class ImageEncoder(nn.Module):
     self.pos_embed = self.param(
         "pos_embed", lambda *_: jnp.asarray(sincos_pos_table(c.width, c.pretrain_grid)),
         (1, 1 + grid_tokens, c.width))
-    self.blocks = [Block(c.num_heads, c.mlp_ratio, dtype=self.dtype) for _ in range(c.depth)]
+    block = nn.remat(Block) if self.remat else Block
+    self.blocks = [block(c.num_heads, c.mlp_ratio, dtype=self.dtype) for _ in range(c.depth)]
     if c.neck_channels:
       self.neck = make_neck(c.neck_channels, dtype=self.dtype)
 
