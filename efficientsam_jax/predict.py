@@ -14,9 +14,9 @@ SAM prompts: a query's points, or its box; label -1 means "no point" and is drop
 padding token is added by the model). Queries are not cut to 6 points as EfficientSAM's are.
 
 `--dtype=bfloat16` (Predictor(dtype="bfloat16")) computes in bfloat16 with float32 parameters
-(softmax and normalisation statistics in float32): faster on CPUs with bf16 instructions and on
-accelerators, at the cost of ~1e-2 in the logits (docs/performance.md); float32 is the default
-and what the release parity above refers to.
+(bfloat16 operands of the matrix products, float32 everywhere else, models/precision.py):
+faster on CPUs with bf16 instructions and on accelerators, at the cost of ~1e-2 in the logits
+(docs/performance.md); float32 is the default and what the release parity above refers to.
 
 Compilation: the image is resized to the encoder's input size by its own small jitted
 function, so the encoder compiles once for every image size. Queries are padded to a bucket
@@ -35,6 +35,7 @@ from absl import app, flags, logging
 
 from efficientsam_jax import model_files
 from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as pe
 from efficientsam_jax.models import sam
 
@@ -119,7 +120,7 @@ class Predictor:
   def __init__(self, params, config: es.EfficientSamConfig | sam.SamConfig,
                dtype: str | None = None, query_chunk: int | None = None):
     if dtype is not None:
-      es.compute_dtype(dtype)  # ValueError for an unknown name
+      precision.compute_dtype(dtype)  # ValueError for an unknown name
       config = dataclasses.replace(config, dtype=str(dtype))
     self.config = config
     self.query_chunk = int(query_chunk or QUERY_CHUNK)

@@ -9,7 +9,8 @@ value matmul. Here, for long sequences:
   instead of streaming through memory three times;
 - the softmax is normalised after the value matmul (divide a (T, head_dim) result, not the
   (T, T) probabilities);
-- max, exp and sum are in float32 whatever the compute dtype.
+- the two products take their operands in the compute dtype (`dtype`) and accumulate in
+  float32; max, exp, sum and the result are float32 whatever the compute dtype.
 The result equals the plain formula to float32 rounding (~1e-7).
 """
 import jax
@@ -21,7 +22,7 @@ DEFAULT_QUERY_CHUNK = 512
 
 def _attend(q, k_t, v, bias_h=None, bias_w=None, key_hw=None):
   """One chunk, heads first. q (B, N, c, H) already scaled, k_t (B, N, H, Tk) (keys
-  transposed), v (B, N, Tk, H) -> (B, N, c, H).
+  transposed), v (B, N, Tk, H), all three in the compute dtype -> (B, N, c, H) float32.
 
   bias_h (B, N, c, kh), bias_w (B, N, c, kw): decomposed additive logit terms over a
   kh x kw key grid (kh * kw = Tk), added as bias_h[..., y] + bias_w[..., x] for key (y, x).
@@ -36,12 +37,12 @@ def _attend(q, k_t, v, bias_h=None, bias_w=None, key_hw=None):
   total = jnp.sum(weights, axis=-1, keepdims=True)  # (B, N, c, 1)
   out = jnp.einsum("bnqk,bnkh->bnqh", weights.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
-  return (out / total).astype(v.dtype)
+  return out / total
 
 
 def dot_product_attention(q, k, v, scale: float, bias_h=None, bias_w=None,
                           key_hw: tuple[int, int] | None = None,
-                          query_chunk: int | None = DEFAULT_QUERY_CHUNK):
+                          query_chunk: int | None = DEFAULT_QUERY_CHUNK, dtype=None):
   """softmax(q k^T * scale + bias) v per head.
 
   Args:
@@ -50,14 +51,16 @@ def dot_product_attention(q, k, v, scale: float, bias_h=None, bias_w=None,
     bias_h, bias_w: optional decomposed relative-position terms (B, N, Tq, kh) and
       (B, N, Tq, kw) over a key grid key_hw = (kh, kw) with kh * kw = Tk (SAM's rel-pos).
     query_chunk: queries per chunk when Tq is a larger multiple of it; None: no chunking.
-  Returns: (B, Tq, N, H) in v's dtype.
+    dtype: compute dtype of the two products (default: q's dtype).
+  Returns: (B, Tq, N, H) float32.
   """
+  dtype = dtype or q.dtype
   b, tq, n, h = q.shape
   # Heads first, keys transposed, once: inside the chunk loop both matmuls then read
   # contiguous operands (transposing per chunk cost more than the chunking saved).
-  q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)  # (B, N, Tq, H)
-  k_t = k.transpose(0, 2, 3, 1)  # (B, N, H, Tk)
-  v = v.transpose(0, 2, 1, 3)  # (B, N, Tk, H)
+  q = (q * jnp.asarray(scale, q.dtype)).astype(dtype).transpose(0, 2, 1, 3)  # (B, N, Tq, H)
+  k_t = k.astype(dtype).transpose(0, 2, 3, 1)  # (B, N, H, Tk)
+  v = v.astype(dtype).transpose(0, 2, 1, 3)  # (B, N, Tk, H)
   if not query_chunk or tq <= query_chunk or tq % query_chunk:
     out = _attend(q, k_t, v, bias_h, bias_w, key_hw)
   else:

@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from efficientsam_jax import resize, weights
 from efficientsam_jax.models import mask_decoder as mask_decoder_lib
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as prompt_encoder_lib
 from efficientsam_jax.models import vit
 
@@ -66,8 +67,8 @@ class EfficientSamConfig:
   multiple of 16) make cheap demo/test models with a (image_size/16)^2 embedding grid.
   encoder_depth: None = the released 12 blocks; fewer make a shrunk demo model (such weights
   are not in the released format).
-  dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32 and are cast at
-  use; softmax and normalisation statistics, mask logits and IoU are float32).
+  dtype: compute dtype of the matrix products, "float32" or "bfloat16" (precision.py:
+  parameters and activations stay float32; mask logits and IoU are float32).
   remat: recompute each encoder block in the backward pass instead of keeping its
   activations (training memory; no effect on the values)."""
   encoder: str = "vitt"
@@ -90,17 +91,7 @@ class EfficientSamConfig:
 
   @property
   def compute_dtype(self):
-    return compute_dtype(self.dtype)
-
-
-DTYPES = ("float32", "bfloat16")
-
-
-def compute_dtype(name: str):
-  """"float32" | "bfloat16" -> the jnp dtype; ValueError for anything else."""
-  if str(name) not in DTYPES:
-    raise ValueError(f"unknown compute dtype {name!r}; use one of {', '.join(DTYPES)}")
-  return jnp.dtype(str(name))
+    return precision.compute_dtype(self.dtype)
 
 
 def preprocess(images, image_size: int):
@@ -160,9 +151,8 @@ class EfficientSam(nn.Module):
     self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=dtype)
 
   def encode(self, preprocessed):
-    """(B, S, S, 3) output of `preprocess` (S = image_size) -> (B, S/16, S/16, 256), in the
-    compute dtype."""
-    return self.image_encoder(preprocessed.astype(self.config.compute_dtype))
+    """(B, S, S, 3) output of `preprocess` (S = image_size) -> (B, S/16, S/16, 256)."""
+    return self.image_encoder(preprocessed)
 
   def get_image_embeddings(self, images):
     """(B, H, W, 3) float RGB in [0, 1], any H, W -> (B, g, g, 256)."""

@@ -35,22 +35,26 @@ tokens, so per-query work over the image is what costs (docs/performance.md):
 - The transposed-conv upscaling keeps the sub-pixel layout (h, w, 2, 2, 2, 2, C): GroupNorm /
   LayerNorm / GELU do not care about pixel order, and only the final (few-channel) mask
   logits are interleaved into (4h, 4w).
-- `dtype` is the compute dtype (float32 or bfloat16); parameters stay float32 and are cast at
-  use; softmax and normalisation statistics are float32; mask logits and IoU are float32.
+- `dtype` is the compute dtype of the matrix products over image tokens and of the Linear
+  layers (float32 or bfloat16, precision.py); parameters and activations stay float32, and
+  the small products that fold a weight into a few tokens are float32 (XLA's CPU runtime has no
+  bf16 kernel for some of their layouts, and they cost nothing).
 
 Token layouts are (batch, queries, tokens, channels); image tensors are NHWC.
 """
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from efficientsam_jax.models import precision
 
 _ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),  # torch nn.GELU is the exact (erf) form
     "relu": nn.relu,
 }
 F32 = jnp.float32
+_ein = precision.einsum
 
 
 # MaskDecoder keyword arguments that build SAM's (and MobileSAM's) decoder.
@@ -102,8 +106,8 @@ class MLPBlock(nn.Module):
     act = activation_fn(self.activation)
     names = self.names or mlp_names("efficientsam", self.num_layers + 1)
     for i in range(self.num_layers):
-      x = act(nn.Dense(self.hidden_dim, dtype=self.dtype, name=names[i])(x))
-    return nn.Dense(self.output_dim, dtype=self.dtype, name=names[-1])(x)
+      x = act(precision.Dense(self.hidden_dim, self.dtype, name=names[i])(x))
+    return precision.Dense(self.output_dim, self.dtype, name=names[-1])(x)
 
 
 class Projection(nn.Module):
@@ -119,8 +123,7 @@ class Projection(nn.Module):
     self.bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
 
   def __call__(self, x):
-    return (jnp.dot(x.astype(self.dtype), self.kernel.astype(self.dtype))
-            + self.bias.astype(self.dtype))
+    return precision.matmul(x, self.kernel, self.dtype) + self.bias
 
 
 class Attention(nn.Module):
@@ -155,33 +158,33 @@ class Attention(nn.Module):
     return x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
 
   def _kernel(self, proj):  # an input projection's kernel as (C, heads, head_dim)
-    return self._heads(proj.kernel.astype(self.dtype))
+    return self._heads(proj.kernel)
 
   def _out(self, heads_out):  # (..., heads, head_dim) -> out_proj -> (..., C)
-    return self.out_proj(heads_out.astype(self.dtype).reshape(heads_out.shape[:-2] + (-1,)))
+    return self.out_proj(heads_out.reshape(heads_out.shape[:-2] + (-1,)))
 
   def __call__(self, q, k, v, key_mask=None):
     """q (..., Tq, C), k and v (..., Tk, C), key_mask None or (..., Tk) bool (False = ignore
     that key) -> (..., Tq, C)."""
-    qh = self._heads(self.q_proj(q)) * jnp.asarray(self.scale, self.dtype)
+    qh = self._heads(self.q_proj(q)) * self.scale
     kh, vh = self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-    logits = jnp.einsum("...qhd,...khd->...hqk", qh, kh, preferred_element_type=F32)
+    logits = _ein("...qhd,...khd->...hqk", qh, kh, dtype=self.dtype)
     mask = None if key_mask is None else key_mask[..., None, None, :]
-    p = _softmax(_mask_logits(logits, mask)).astype(self.dtype)
-    return self._out(jnp.einsum("...hqk,...khd->...qhd", p, vh, preferred_element_type=F32))
+    p = _softmax(_mask_logits(logits, mask))
+    return self._out(_ein("...hqk,...khd->...qhd", p, vh, dtype=self.dtype))
 
   # --- image-side projections, once per image -------------------------------------------
   def image_keys_values(self, image, image_pe):
     """Keys and values of a token-to-image attention over a query-independent image.
 
     image (B, N, C), image_pe (N, C) -> k, v (B, heads, N, head_dim)."""
-    heads_first = lambda x: self._heads(x).transpose(0, 2, 1, 3)
+    heads_first = lambda x: self._heads(x).transpose(0, 2, 1, 3).astype(self.dtype)
     return heads_first(self.k_proj(image + image_pe)), heads_first(self.v_proj(image))
 
   def image_queries(self, image, image_pe):
     """Scaled queries of an image-to-token attention: (B, N, C) -> (B, heads, N, head_dim)."""
-    q = self._heads(self.q_proj(image + image_pe)) * jnp.asarray(self.scale, self.dtype)
-    return q.transpose(0, 2, 1, 3)
+    q = self._heads(self.q_proj(image + image_pe)) * self.scale
+    return q.transpose(0, 2, 1, 3).astype(self.dtype)
 
   # --- tokens attend to the image --------------------------------------------------------
   def token_to_image_shared(self, tokens, k, v):
@@ -189,10 +192,10 @@ class Attention(nn.Module):
     from `image_keys_values` -> (B, Q, T, C)."""
     b, q, t, _ = tokens.shape
     h = self.num_heads
-    qh = self._heads(self.q_proj(tokens)) * jnp.asarray(self.scale, self.dtype)
+    qh = self._heads(self.q_proj(tokens)) * self.scale
     qh = qh.reshape(b, q * t, h, self.head_dim).transpose(0, 2, 1, 3)  # (B, heads, QT, d)
-    p = _softmax(jnp.einsum("bhjd,bhnd->bhjn", qh, k, preferred_element_type=F32))
-    out = jnp.einsum("bhjn,bhnd->bhjd", p.astype(self.dtype), v, preferred_element_type=F32)
+    p = _softmax(_ein("bhjd,bhnd->bhjn", qh, k, dtype=self.dtype))
+    out = _ein("bhjn,bhnd->bhjd", p, v, dtype=self.dtype)
     return self._out(out.transpose(0, 2, 1, 3).reshape(b, q, t, h, self.head_dim))
 
   def token_to_image(self, tokens, image, image_pe):
@@ -200,16 +203,15 @@ class Attention(nn.Module):
     values image) -> (B, Q, T, C)."""
     b, q, t, c = tokens.shape
     h = self.num_heads
-    qh = self._heads(self.q_proj(tokens)) * jnp.asarray(self.scale, self.dtype)
+    qh = self._heads(self.q_proj(tokens)) * self.scale
     # logits = (W_k q) . x per head; k_proj's bias adds a constant per (token, head): cancels.
-    a = jnp.einsum("bqthd,chd->bqthc", qh, self._kernel(self.k_proj)).reshape(b, q, t * h, c)
-    keys = (image + image_pe).astype(self.dtype)
-    p = _softmax(jnp.einsum("bqjc,bqnc->bqjn", a, keys, preferred_element_type=F32))
-    pooled = jnp.einsum("bqjn,bqnc->bqjc", p.astype(self.dtype), image.astype(self.dtype),
-                        preferred_element_type=F32)  # sum_n p_n x_n
-    out = jnp.einsum("bqthc,chd->bqthd", pooled.astype(self.dtype).reshape(b, q, t, h, c),
-                     self._kernel(self.v_proj), preferred_element_type=F32)
-    return self._out(out + self._heads(self.v_proj.bias.astype(F32)))  # sum_n p_n = 1
+    a = jnp.einsum("bqthd,chd->bqthc", qh, self._kernel(self.k_proj))
+    p = _softmax(_ein("bqjc,bqnc->bqjn", a.reshape(b, q, t * h, c), image + image_pe,
+                      dtype=self.dtype))
+    pooled = _ein("bqjn,bqnc->bqjc", p, image, dtype=self.dtype)  # sum_n p_n x_n
+    out = jnp.einsum("bqthc,chd->bqthd", pooled.reshape(b, q, t, h, c),
+                     self._kernel(self.v_proj))
+    return self._out(out + self._heads(self.v_proj.bias))  # sum_n p_n = 1
 
   # --- the image attends to the tokens ---------------------------------------------------
   def _image_output(self, p, tokens_v):
@@ -217,18 +219,17 @@ class Attention(nn.Module):
     (B, Q, T, C) -> (B, Q, N, C): sum over (head, token) of p * (v W_o)."""
     b, q, n, h, t = p.shape
     vh = self._heads(self.v_proj(tokens_v))  # (B, Q, T, heads, d)
-    w_o = self.out_proj.kernel.astype(self.dtype).reshape(h, self.head_dim, -1)
+    w_o = self.out_proj.kernel.reshape(h, self.head_dim, -1)
     u = jnp.einsum("bqthd,hdc->bqhtc", vh, w_o).reshape(b, q, h * t, -1)
-    out = jnp.einsum("bqnj,bqjc->bqnc", p.astype(self.dtype).reshape(b, q, n, h * t), u,
-                     preferred_element_type=F32)
-    return (out + self.out_proj.bias.astype(F32)).astype(self.dtype)
+    out = _ein("bqnj,bqjc->bqnc", p.reshape(b, q, n, h * t), u, dtype=self.dtype)
+    return out + self.out_proj.bias
 
   def image_to_token_shared(self, image_q, tokens_k, tokens_v, token_mask=None):
     """One image per batch entry (queries image_q (B, heads, N, d) from `image_queries`)
     attends to each query's tokens (keys tokens_k, values tokens_v, (B, Q, T, C));
     token_mask None or (B, Q, T) -> (B, Q, N, C)."""
     kh = self._heads(self.k_proj(tokens_k))  # (B, Q, T, heads, d)
-    logits = jnp.einsum("bhnd,bqthd->bqnht", image_q, kh, preferred_element_type=F32)
+    logits = _ein("bhnd,bqthd->bqnht", image_q, kh, dtype=self.dtype)
     mask = None if token_mask is None else token_mask[:, :, None, None, :]
     return self._image_output(_softmax(_mask_logits(logits, mask)), tokens_v)
 
@@ -237,13 +238,12 @@ class Attention(nn.Module):
     (keys tokens_k, values tokens_v, (B, Q, T, C)) -> (B, Q, N, C)."""
     b, q, t, c = tokens_k.shape
     h = self.num_heads
-    kh = self._heads(self.k_proj(tokens_k)) * jnp.asarray(self.scale, self.dtype)
+    kh = self._heads(self.k_proj(tokens_k)) * self.scale
     # logits = x . (W_q k) + b_q . k
-    m = jnp.einsum("chd,bqthd->bqcht", self._kernel(self.q_proj), kh).reshape(b, q, c, h * t)
-    bias = jnp.einsum("hd,bqthd->bqht", self._heads(self.q_proj.bias.astype(self.dtype)), kh,
-                      preferred_element_type=F32).reshape(b, q, 1, h * t)
-    logits = jnp.einsum("bqnc,bqcj->bqnj", (image + image_pe).astype(self.dtype), m,
-                        preferred_element_type=F32) + bias
+    m = jnp.einsum("chd,bqthd->bqcht", self._kernel(self.q_proj), kh)
+    bias = jnp.einsum("hd,bqthd->bqht", self._heads(self.q_proj.bias), kh)
+    logits = _ein("bqnc,bqcj->bqnj", image + image_pe, m.reshape(b, q, c, h * t),
+                  dtype=self.dtype) + bias.reshape(b, q, 1, h * t)
     logits = logits.reshape(b, q, -1, h, t)
     mask = None if token_mask is None else token_mask[:, :, None, None, :]
     return self._image_output(_softmax(_mask_logits(logits, mask)), tokens_v)
@@ -271,13 +271,13 @@ class TwoWayAttentionBlock(nn.Module):
   def setup(self):
     c, h, dt = self.embedding_dim, self.num_heads, self.dtype
     self.self_attn = Attention(c, h, 1, dt)
-    self.norm1 = nn.LayerNorm(epsilon=self.ln_eps, dtype=dt)
+    self.norm1 = nn.LayerNorm(epsilon=self.ln_eps)
     self.cross_attn_token_to_image = Attention(c, h, self.downsample_rate, dt)
-    self.norm2 = nn.LayerNorm(epsilon=self.ln_eps, dtype=dt)
+    self.norm2 = nn.LayerNorm(epsilon=self.ln_eps)
     names = ("lin1", "lin2") if self.naming == "sam" else None  # SAM's MLPBlock
     self.mlp = MLPBlock(self.mlp_dim, c, 1, self.activation, names, dt)
-    self.norm3 = nn.LayerNorm(epsilon=self.ln_eps, dtype=dt)
-    self.norm4 = nn.LayerNorm(epsilon=self.ln_eps, dtype=dt)
+    self.norm3 = nn.LayerNorm(epsilon=self.ln_eps)
+    self.norm4 = nn.LayerNorm(epsilon=self.ln_eps)
     self.cross_attn_image_to_token = Attention(c, h, self.downsample_rate, dt)
 
   def image_context(self, image, image_pe) -> dict:
@@ -348,19 +348,19 @@ class TwoWayTransformer(nn.Module):
         for i in range(self.depth)]
     self.final_attn_token_to_image = Attention(self.embedding_dim, self.num_heads,
                                                self.downsample_rate, self.dtype)
-    self.norm_final_attn = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype)
+    self.norm_final_attn = nn.LayerNorm(epsilon=self.ln_eps)
 
   def image_context(self, image, image_pe) -> dict:
     """image (B, N, C) shared by all queries of an image, image_pe (h, w, C)."""
-    pe = image_pe.reshape(-1, image_pe.shape[-1]).astype(self.dtype)
-    image = image.astype(self.dtype)
+    pe = image_pe.reshape(-1, image_pe.shape[-1]).astype(F32)
+    image = image.astype(F32)
     return {"image": image, "image_pe": image_pe,
             **self.layers[0].image_context(image, pe)}
 
   def __call__(self, context, tokens, token_mask=None):
-    tokens = tokens.astype(self.dtype)
+    tokens = tokens.astype(F32)
     image_pe = context["image_pe"]
-    pe = image_pe.reshape(-1, image_pe.shape[-1]).astype(self.dtype)
+    pe = image_pe.reshape(-1, image_pe.shape[-1]).astype(F32)
     queries, keys = tokens, context["image"]
     shared = "k0" in context
     for i, layer in enumerate(self.layers):
@@ -391,9 +391,9 @@ class PatchConvTranspose(nn.Module):
     cin = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features))
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    flat = kernel.astype(self.dtype).transpose(2, 0, 1, 3).reshape(cin, k * k * self.features)
-    y = jnp.dot(x.astype(self.dtype), flat).reshape(x.shape[:-1] + (k, k, self.features))
-    return y + bias.astype(self.dtype)
+    flat = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * self.features)
+    y = precision.matmul(x, flat, self.dtype).reshape(x.shape[:-1] + (k, k, self.features))
+    return y + bias
 
 
 def interleave_subpixels(x, steps: int):
@@ -476,9 +476,9 @@ class MaskDecoder(nn.Module):
 
   def _upscale_norm(self):
     if self.upscale_norm == "group":
-      return nn.GroupNorm(num_groups=1, epsilon=1e-5, dtype=self.dtype)
+      return nn.GroupNorm(num_groups=1, epsilon=1e-5)
     if self.upscale_norm == "layer":
-      return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
+      return nn.LayerNorm(epsilon=1e-6)
     raise ValueError(f"unknown upscale_norm {self.upscale_norm!r}; use 'group' or 'layer'")
 
   def _upscale_step(self, i: int):
@@ -492,9 +492,9 @@ class MaskDecoder(nn.Module):
     positional encoding and an optional query-independent dense prompt (h, w, C) -> a dict
     of arrays for `decode`."""
     b, h, w, c = image_embeddings.shape
-    image = image_embeddings.reshape(b, h * w, c).astype(self.dtype)
+    image = image_embeddings.reshape(b, h * w, c).astype(F32)
     if dense_prompt_embeddings is not None:
-      image = image + dense_prompt_embeddings.reshape(1, h * w, c).astype(self.dtype)
+      image = image + dense_prompt_embeddings.reshape(1, h * w, c)
     return self.transformer.image_context(image, image_pe)
 
   def __call__(self, image_embeddings, image_pe, sparse_prompt_embeddings,
@@ -519,8 +519,8 @@ class MaskDecoder(nn.Module):
     else:
       b, h, w, c = image_embeddings.shape
       q = sparse_prompt_embeddings.shape[1]
-      image = (image_embeddings.reshape(b, 1, h * w, c)
-               + dense.reshape(b, q, h * w, c)).astype(self.dtype)
+      image = (image_embeddings.reshape(b, 1, h * w, c).astype(F32)
+               + dense.reshape(b, q, h * w, c))
       context = {"image": image, "image_pe": image_pe}
     return self.decode(context, sparse_prompt_embeddings, multimask_output, token_mask)
 
@@ -548,13 +548,13 @@ class MaskDecoder(nn.Module):
     if self.is_initializing():
       hyper = hyper[:, :, keep.start:keep.stop]
     upscaled = self._upscale(image.reshape(b * q, h, w, c))  # (BQ, h, w, [2, 2] * steps, C')
-    masks = jnp.einsum("n...c,nmc->nm...", upscaled, hyper.reshape(b * q, -1, hyper.shape[-1]),
-                       preferred_element_type=F32)  # (BQ, M, h, w, [2, 2] * steps)
+    masks = _ein("n...c,nmc->nm...", upscaled, hyper.reshape(b * q, -1, hyper.shape[-1]),
+                 dtype=self.dtype)  # (BQ, M, h, w, [2, 2] * steps)
     m = masks.shape[1]
     masks = interleave_subpixels(masks.reshape((b * q * m,) + masks.shape[2:]),
                                  len(self.upscaling_dims))
     masks = masks.reshape((b, q, m) + masks.shape[1:])
-    iou = self.iou_prediction_head(hs[:, :, 0]).astype(F32)[:, :, keep.start:keep.stop]
+    iou = self.iou_prediction_head(hs[:, :, 0])[:, :, keep.start:keep.stop]
     return masks, iou
 
   def _upscale(self, x):

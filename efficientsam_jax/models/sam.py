@@ -31,8 +31,9 @@ import numpy as np
 
 from efficientsam_jax import resize, weights
 from efficientsam_jax.models import mask_decoder as mask_decoder_lib
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as prompt_encoder_lib
-from efficientsam_jax.models import efficient_sam, sam_encoder, tiny_vit
+from efficientsam_jax.models import sam_encoder, tiny_vit
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -89,7 +90,7 @@ class SamConfig:
 
   @property
   def compute_dtype(self):
-    return efficient_sam.compute_dtype(self.dtype)
+    return precision.compute_dtype(self.dtype)
 
   def encoder_module(self) -> nn.Module:
     overrides = dict(self.encoder_overrides)
@@ -146,8 +147,6 @@ class Sam(nn.Module):
 
   def encode(self, preprocessed):
     """(B, S, S, 3) output of `preprocess` -> (B, S/16, S/16, 256)."""
-    if self.config.encoder != TINY_VIT:
-      preprocessed = preprocessed.astype(self.config.compute_dtype)
     return self.image_encoder(preprocessed)
 
   def get_image_embeddings(self, images):

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from efficientsam_jax import data, masking, teacher
+from efficientsam_jax.errors import UserError
 from efficientsam_jax.losses import sami as sami_losses
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import sami as sami_model
 from efficientsam_jax.models import vit
 from efficientsam_jax.trainers import loop
@@ -19,8 +21,12 @@ def build_student(config) -> sami_model.SAMI:
   s = config.student
   encoder = vit.ViTConfig.from_name(s.size, **dict(s.get("overrides", {})))
   decoder = sami_model.DecoderConfig(**dict(config.decoder))
+  if s.dtype not in precision.DTYPES:
+    raise UserError(f"config.student.dtype must be one of {', '.join(precision.DTYPES)}, got "
+                    f"{s.dtype!r}")
   return sami_model.SAMI(encoder, decoder, target_dim=teacher.feature_dim(config.teacher),
-                         dtype=jnp.dtype(s.dtype))
+                         dtype=precision.compute_dtype(s.dtype),
+                         remat=bool(s.get("remat", False)))
 
 
 class SamiTask(loop.Task):
