@@ -7,7 +7,12 @@ With dtype=bfloat16 both sides compute in bf16: JAX with bf16 matrix products an
 parameters/activations (models/precision.py), torch with the module and the image cast to
 bfloat16 (its CPU kernels then run in bf16 end to end). The max-abs-difference records compare
 each output with torch's float32 output, so they show the cost of bf16 too.
+
+The two are timed interleaved (JAX, torch, JAX, torch, ... after one warm-up each), so that on a
+shared machine both see the same load; the speed-up is the ratio of the medians.
 """
+import time
+
 import jax
 import numpy as np
 
@@ -33,16 +38,23 @@ def run(emitter: records.Emitter, image_size: int, repeats: int, threads: int,
   encode = jax.jit(se.SamImageEncoder(config, dtype=precision.compute_dtype(dtype)).apply)
   seconds, compiled = records.time_compile(encode, {"params": params}, image)
   emitter.emit("compile_seconds", seconds, "s", part="sam_vit_b_encoder", **settings)
-  jax_out = np.asarray(compiled({"params": params}, image), np.float32)
-  t_jax = records.time_call(lambda: compiled({"params": params}, image), repeats)
+  jax_out = np.asarray(compiled({"params": params}, image), np.float32)  # also the warm-up
 
   torch_image = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
   with torch.inference_mode():
-    reference = torch_model(torch_image).permute(0, 2, 3, 1).float().numpy()
+    reference = torch_model(torch_image).permute(0, 2, 3, 1).float().numpy().copy()
     if dtype == "bfloat16":
       torch_model, torch_image = torch_model.to(torch.bfloat16), torch_image.to(torch.bfloat16)
-    torch_out = torch_model(torch_image).permute(0, 2, 3, 1).float().numpy()
-    t_torch = records.time_call(lambda: torch_model(torch_image), repeats)
+    torch_out = torch_model(torch_image).permute(0, 2, 3, 1).float().numpy()  # warm-up
+    runs = {"jax": [], "torch": []}
+    for _ in range(max(1, repeats)):
+      for name, fn in (("jax", lambda: compiled({"params": params}, image)),
+                       ("torch", lambda: torch_model(torch_image))):
+        start = time.perf_counter()
+        records.block(fn())
+        runs[name].append(time.perf_counter() - start)
+  t_jax, t_torch = ({"median": float(np.median(r)), "min": float(np.min(r))}
+                    for r in (runs["jax"], runs["torch"]))
 
   emitter.emit("sam_encoder_seconds", t_jax["median"], "s", framework="jax",
                min_seconds=t_jax["min"], **settings)
