@@ -25,9 +25,10 @@ MAX_QUERY_CHUNK = 512
 AUTO = "auto"
 
 
-def auto_query_chunk(tq: int, heads: int, tk: int, budget: int = LOGITS_CHUNK_BYTES):
+def auto_query_chunk(tq: int, heads: int, tk: int, budget: int | None = None):
   """The largest power-of-two chunk (<= MAX_QUERY_CHUNK, dividing tq) whose logits fit the
-  budget; None when the whole sequence fits (or nothing divides)."""
+  budget (default LOGITS_CHUNK_BYTES); None when the whole sequence fits (or nothing divides)."""
+  budget = budget or LOGITS_CHUNK_BYTES
   per_query = heads * tk * 4
   if tq * per_query <= budget:
     return None
@@ -37,10 +38,11 @@ def auto_query_chunk(tq: int, heads: int, tk: int, budget: int = LOGITS_CHUNK_BY
   return chunk if tq % chunk == 0 and chunk < tq else None
 
 
-def auto_batch_chunk(b: int, tq: int, heads: int, tk: int, budget: int = LOGITS_CHUNK_BYTES):
+def auto_batch_chunk(b: int, tq: int, heads: int, tk: int, budget: int | None = None):
   """Batch entries per step when a whole sequence fits the budget but the batch does not:
   the largest divisor of b that fits; None = all at once. CPU only (a cache effect; on
   accelerators a loop over the batch would only serialise the work)."""
+  budget = budget or LOGITS_CHUNK_BYTES
   per_item = tq * heads * tk * 4
   if jax.default_backend() != "cpu" or b * per_item <= budget or per_item > budget:
     return None

@@ -47,10 +47,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from efficientsam_jax.models import precision
+from efficientsam_jax.models import activations, precision
 
 _ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),  # torch nn.GELU is the exact (erf) form
+    "gelu": activations.gelu,  # torch nn.GELU: the exact (erf) form
     "relu": nn.relu,
 }
 F32 = jnp.float32
@@ -214,14 +214,18 @@ class Attention(nn.Module):
     return self._out(out + self._heads(self.v_proj.bias))  # sum_n p_n = 1
 
   # --- the image attends to the tokens ---------------------------------------------------
-  def _image_output(self, p, tokens_v):
-    """Softmax weights p (B, Q, N, heads, T) over the tokens, values from tokens_v
-    (B, Q, T, C) -> (B, Q, N, C): sum over (head, token) of p * (v W_o)."""
-    b, q, n, h, t = p.shape
+  def _image_output(self, logits, tokens_v, token_mask):
+    """Logits (B, Q, heads, T, N) of each image token over the tokens, values from tokens_v
+    (B, Q, T, C), token_mask None or (B, Q, T) -> (B, Q, N, C): sum over (head, token) of
+    softmax * (v W_o). The token axis is not the minor one, so the softmax over it is
+    elementwise work along the N image tokens (vectorises; T is ~11)."""
+    b, q, h, t, n = logits.shape
+    mask = None if token_mask is None else token_mask[:, :, None, :, None]
+    p = _softmax(_mask_logits(logits, mask), axis=3)
     vh = self._heads(self.v_proj(tokens_v))  # (B, Q, T, heads, d)
     w_o = self.out_proj.kernel.reshape(h, self.head_dim, -1)
     u = jnp.einsum("bqthd,hdc->bqhtc", vh, w_o).reshape(b, q, h * t, -1)
-    out = _ein("bqnj,bqjc->bqnc", p.reshape(b, q, n, h * t), u, dtype=self.dtype)
+    out = _ein("bqjn,bqjc->bqnc", p.reshape(b, q, h * t, n), u, dtype=self.dtype)
     return out + self.out_proj.bias
 
   def image_to_token_shared(self, image_q, tokens_k, tokens_v, token_mask=None):
@@ -229,9 +233,8 @@ class Attention(nn.Module):
     attends to each query's tokens (keys tokens_k, values tokens_v, (B, Q, T, C));
     token_mask None or (B, Q, T) -> (B, Q, N, C)."""
     kh = self._heads(self.k_proj(tokens_k))  # (B, Q, T, heads, d)
-    logits = _ein("bhnd,bqthd->bqnht", image_q, kh, dtype=self.dtype)
-    mask = None if token_mask is None else token_mask[:, :, None, None, :]
-    return self._image_output(_softmax(_mask_logits(logits, mask)), tokens_v)
+    logits = _ein("bqthd,bhnd->bqhtn", kh, image_q, dtype=self.dtype)
+    return self._image_output(logits, tokens_v, token_mask)
 
   def image_to_token(self, image, image_pe, tokens_k, tokens_v, token_mask=None):
     """Each query's own image (B, Q, N, C) (queries image + image_pe) attends to its tokens
@@ -239,14 +242,13 @@ class Attention(nn.Module):
     b, q, t, c = tokens_k.shape
     h = self.num_heads
     kh = self._heads(self.k_proj(tokens_k)) * self.scale
-    # logits = x . (W_q k) + b_q . k
-    m = jnp.einsum("chd,bqthd->bqcht", self._kernel(self.q_proj), kh)
+    # logits = (W_q k) . x + b_q . k
+    m = jnp.einsum("chd,bqthd->bqhtc", self._kernel(self.q_proj), kh)
     bias = jnp.einsum("hd,bqthd->bqht", self._heads(self.q_proj.bias), kh)
-    logits = _ein("bqnc,bqcj->bqnj", image + image_pe, m.reshape(b, q, c, h * t),
-                  dtype=self.dtype) + bias.reshape(b, q, 1, h * t)
-    logits = logits.reshape(b, q, -1, h, t)
-    mask = None if token_mask is None else token_mask[:, :, None, None, :]
-    return self._image_output(_softmax(_mask_logits(logits, mask)), tokens_v)
+    logits = _ein("bqjc,bqnc->bqjn", m.reshape(b, q, h * t, c), image + image_pe,
+                  dtype=self.dtype)
+    logits = logits.reshape(b, q, h, t, -1) + bias[..., None]
+    return self._image_output(logits, tokens_v, token_mask)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -548,9 +550,12 @@ class MaskDecoder(nn.Module):
     if self.is_initializing():
       hyper = hyper[:, :, keep.start:keep.stop]
     upscaled = self._upscale(image.reshape(b * q, h, w, c))  # (BQ, h, w, [2, 2] * steps, C')
-    masks = _ein("n...c,nmc->nm...", upscaled, hyper.reshape(b * q, -1, hyper.shape[-1]),
-                 dtype=self.dtype)  # (BQ, M, h, w, [2, 2] * steps)
-    m = masks.shape[1]
+    # (BQ, pixels, C') @ (BQ, C', M): the few mask channels are the minor axis of the result,
+    # so only those (not the C' upscaled channels) are moved into image order.
+    masks = _ein("n...c,nmc->n...m", upscaled, hyper.reshape(b * q, -1, hyper.shape[-1]),
+                 dtype=self.dtype)  # (BQ, h, w, [2, 2] * steps, M)
+    m = masks.shape[-1]
+    masks = jnp.moveaxis(masks, -1, 1)
     masks = interleave_subpixels(masks.reshape((b * q * m,) + masks.shape[2:]),
                                  len(self.upscaling_dims))
     masks = masks.reshape((b, q, m) + masks.shape[1:])
@@ -564,5 +569,5 @@ class MaskDecoder(nn.Module):
       x = conv(x)
       if norm is not None:  # all but the last are normalised
         x = norm(x)
-      x = nn.gelu(x, approximate=False)  # GELU after every upscaling in both releases
+      x = activations.gelu(x)  # GELU after every upscaling in both releases
     return x

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientsam_jax import resize
-from efficientsam_jax.models import attention, precision
+from efficientsam_jax.models import activations, attention, precision
 
 # Size name -> (width, depth, heads). One table for every encoder of this family.
 VIT_SIZES = {
@@ -101,7 +101,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     first, second = self.names
-    x = nn.gelu(precision.Dense(self.hidden, self.dtype, name=first)(x), approximate=False)
+    x = activations.gelu(precision.Dense(self.hidden, self.dtype, name=first)(x))
     return precision.Dense(d, self.dtype, name=second)(x)
 
 
