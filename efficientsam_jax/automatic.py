@@ -179,13 +179,14 @@ def generate(predictor, image: np.ndarray, config: EverythingConfig = Everything
 
 
 def run_cli(checkpoint: str, image: np.ndarray, output: str, model: str | None = None,
-            overlay: str | None = None, config: EverythingConfig = EverythingConfig()) -> dict:
+            overlay: str | None = None, config: EverythingConfig = EverythingConfig(),
+            dtype: str = "float32") -> dict:
   """`predict.py --everything`: segments everything in an (H, W, 3) uint8 image, writes
   OUT.npz (masks (K, H, W) bool, iou, stability, boxes, points) and an optional overlay PNG
   (every mask in its own colour, its prompt point marked). Returns the result."""
   from efficientsam_jax import predict  # predict imports this module lazily, not at import
 
-  predictor = predict.Predictor.from_checkpoint(checkpoint, model)
+  predictor = predict.Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
   result = generate(predictor, image, config)
   try:
     np.savez(output, **result)

@@ -69,7 +69,10 @@ def sami_config(size: str, arg: str | None = None) -> ml_collections.ConfigDict:
   c.trainer = "sami"
   c.seed = 0
 
-  c.student = dict(kind="vit", size=size, dtype="float32", overrides={})
+  # dtype: compute dtype of the student's matrix products, "float32" | "bfloat16" (parameters
+  # and optimiser state stay float32, models/precision.py); remat: recompute the student's
+  # encoder and decoder blocks in the backward pass (less activation memory, ~1/3 more compute).
+  c.student = dict(kind="vit", size=size, dtype="float32", remat=False, overrides={})
   c.decoder = dict(kind="cross", width=512, depth=8, num_heads=16, mlp_ratio=4.0)
   c.teacher = teacher_config(variant)
   c.mask_ratio = 0.75
@@ -181,7 +184,11 @@ def efficientsam_config(size: str, arg: str | None = None) -> ml_collections.Con
   c.trainer = "efficientsam"
   c.seed = 0
   # encoder_depth: None = released 12 blocks (a shrunk demo model is not in released format)
-  c.model = dict(size=size, image_size=1024, encoder_depth=config_dict.placeholder(int))
+  # dtype: compute dtype of the matrix products, "float32" | "bfloat16" (parameters and
+  # optimiser state stay float32, models/precision.py); remat: recompute each encoder block in
+  # the backward pass (less activation memory, ~1/3 more encoder compute).
+  c.model = dict(size=size, image_size=1024, encoder_depth=config_dict.placeholder(int),
+                 dtype="float32", remat=False)
   c.data = dict(
       source="sa1b",  # "sa1b" (path: folders and/or .tar shards) | "coco" | "demo"
       path="", annotations="",  # annotations: COCO instances JSON (source="coco")

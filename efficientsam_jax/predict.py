@@ -1,7 +1,8 @@
 r"""Promptable segmentation with EfficientSAM, SAM and MobileSAM: a `Predictor` API and a CLI.
 
   python -m efficientsam_jax.predict --checkpoint=efficient_sam_vitt.pt --image=dogs.png \
-      --prompts=prompts.json --output=out.npz [--model=NAME] [--overlay=out.png]
+      --prompts=prompts.json --output=out.npz [--model=NAME] [--overlay=out.png] \
+      [--dtype=bfloat16]
 
 prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, ...]},
 {"box": [x1, y1, x2, y2]} or both (the points, then the box's two corners), in original-image
@@ -15,11 +16,17 @@ MobileSAM: SamPredictor's multimask outputs, masks 1..3, logits by `postprocess_
 SAM prompts: a query's points, or its box; label -1 means "no point" and is dropped (SAM's own
 padding token is added by the model). Queries are not cut to 6 points as EfficientSAM's are.
 
+`--dtype=bfloat16` (Predictor(dtype="bfloat16")) computes in bfloat16 with float32 parameters
+(bfloat16 operands of the matrix products, float32 everywhere else, models/precision.py):
+faster on CPUs with bf16 instructions and on accelerators, at the cost of ~1e-2 in the logits
+(docs/performance.md); float32 is the default and what the release parity above refers to.
+
 Compilation: the image is resized to the encoder's input size by its own small jitted
 function, so the encoder compiles once for every image size. Queries are padded to a bucket
 size (1, 4, 16, 64, then multiples of 64) and decoded in chunks inside one jitted call, so
 hundreds of queries cost one call and few compilations.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -31,11 +38,16 @@ from absl import app, flags, logging
 
 from efficientsam_jax import model_files
 from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as pe
 from efficientsam_jax.models import sam
 
 QUERY_BUCKETS = (1, 4, 16, 64)  # then multiples of the last
-QUERY_CHUNK = 16  # queries decoded at once inside a call: bounds memory (~0.5 GB at 1024)
+UPSCALE_CHUNK = 16  # masks resized to full resolution per call
+# Queries decoded at once inside a call (a lax.map step). Small chunks keep each step's
+# per-query image tensors (4096 x 256 per query at 1024) in the caches; measured in
+# docs/performance.md.
+QUERY_CHUNK = 4
 
 
 class PromptError(ValueError):
@@ -140,10 +152,19 @@ class Predictor:
     predictor.set_image(image)                       # (H, W, 3) uint8 RGB
     out = predictor.predict(boxes=np.array([[x1, y1, x2, y2], ...]))
     out["logits"]  # (Q, 3, H, W); out["iou"] (Q, 3); out["low_res_logits"] (Q, 3, 256, 256)
+
+  dtype: None keeps the config's compute dtype (float32 unless set), or "float32" /
+  "bfloat16". query_chunk: queries per decoder step inside a call (default QUERY_CHUNK).
+  set_image also computes the query-independent part of the decoder once per image.
   """
 
-  def __init__(self, params, config: es.EfficientSamConfig | sam.SamConfig):
+  def __init__(self, params, config: es.EfficientSamConfig | sam.SamConfig,
+               dtype: str | None = None, query_chunk: int | None = None):
+    if dtype is not None:
+      precision.compute_dtype(dtype)  # ValueError for an unknown name
+      config = dataclasses.replace(config, dtype=str(dtype))
     self.config = config
+    self.query_chunk = int(query_chunk or QUERY_CHUNK)
     self.params = jax.device_put(params)
     self.is_sam = isinstance(config, sam.SamConfig)
     size = config.image_size
@@ -151,28 +172,36 @@ class Predictor:
       model, cls = sam.Sam(config), sam.Sam
       # Per image size (cheap): uint8 -> longest side resized, normalised, padded.
       preprocess = lambda image: sam.preprocess(image[None].astype(jnp.float32), size)
-      predict_masks = lambda p, e, pts, lbl, masks, has_mask, hw, resized: model.apply(
-          {"params": p}, e, pts, lbl, hw, resized, masks, has_mask, method=cls.predict_masks)
+      # With a mask input the dense prompt differs per query: the whole decoder runs from the
+      # embeddings; without one, from the once-per-image context.
+      predict_masks = lambda p, e, ctx, pts, lbl, masks, has_mask, hw, resized: model.apply(
+          {"params": p}, e, pts, lbl, hw, resized, masks, has_mask,
+          context=None if masks is not None else ctx, method=cls.predict_masks)
     else:
       model, cls = es.EfficientSam(config), es.EfficientSam
       # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
       preprocess = lambda image: es.preprocess(image[None].astype(jnp.float32) / 255.0, size)
       # No mask-input path in EfficientSAM: predict_arrays refuses masks before this.
-      predict_masks = lambda p, e, pts, lbl, masks, has_mask, hw, resized: model.apply(
-          {"params": p}, e, pts, lbl, hw, method=cls.predict_masks)
+      predict_masks = lambda p, e, ctx, pts, lbl, masks, has_mask, hw, resized: model.apply(
+          {"params": p}, None, pts, lbl, hw, context=ctx, method=cls.predict_masks)
     self._preprocess = jax.jit(preprocess)
     # One shape, (1, size, size, 3): compiled once for all images.
     self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=cls.encode))
+    # What every query shares (the decoder's layer-0 image projections): once per image.
+    self._context = jax.jit(lambda p, e: model.apply({"params": p}, e,
+                                                     method=cls.decoder_context))
+    query_chunk = self.query_chunk
 
-    def decode(p, embeddings, points, labels, masks, has_mask, input_hw, resized):
-      """(1, g, g, C), (Qb, n, 2), (Qb, n), masks (Qb, 4g, 4g) and has_mask (Qb,) or both
-      None, (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3). Without masks the mask-input
-      path is not even traced (None is an empty pytree: its own compilation)."""
-      chunk = min(points.shape[0], QUERY_CHUNK)
+    def decode(p, embeddings, context, points, labels, masks, has_mask, input_hw, resized):
+      """(1, g, g, C), its decoder context, (Qb, n, 2), (Qb, n), masks (Qb, 4g, 4g) and
+      has_mask (Qb,) or both None, (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3).
+      Without masks the mask-input path is not even traced (None is an empty pytree: its own
+      compilation)."""
+      chunk = min(points.shape[0], query_chunk)
 
       def one_chunk(xs):
         xs = jax.tree.map(lambda x: x[None], xs)
-        low, iou = predict_masks(p, embeddings, *xs, input_hw, resized)
+        low, iou = predict_masks(p, embeddings, context, *xs, input_hw, resized)
         return low[0], iou[0]
 
       shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
@@ -187,15 +216,18 @@ class Predictor:
     else:
       self._upscale = jax.jit(es.upscale_logits, static_argnums=(1, 2))
     self._embeddings = None
+    self._decoder_context = None
     self._image_hw = None
 
   @classmethod
-  def from_checkpoint(cls, path: str, model: str | None = None, **config_overrides):
+  def from_checkpoint(cls, path: str, model: str | None = None, dtype: str | None = None,
+                      query_chunk: int | None = None, **config_overrides):
     """A released .pt, a JAX parameter checkpoint or a training workdir (model_files.load;
     a finetuning workdir brings its own input size and encoder depth)."""
     config_overrides = {**model_files.workdir_model_overrides(path), **config_overrides}
     name, params = model_files.load(path, model)
-    return cls(params, model_files.config_for(name, **config_overrides))
+    return cls(params, model_files.config_for(name, **config_overrides), dtype=dtype,
+               query_chunk=query_chunk)
 
   def max_points(self, queries: list) -> int:
     """Prompt length for these queries: EfficientSAM always takes 6; SAM takes every point
@@ -214,12 +246,13 @@ class Predictor:
                         f"{image.shape}")
     self._image_hw = image.shape[:2]
     self._embeddings = self._encode(self.params, self._preprocess(image))
+    self._decoder_context = self._context(self.params, self._embeddings)
 
   @property
   def image_embeddings(self) -> np.ndarray:
-    """(256, g, g): the release's channels-first layout."""
+    """(256, g, g) float32: the release's channels-first layout."""
     self._require_image()
-    return np.asarray(self._embeddings[0]).transpose(2, 0, 1)
+    return np.asarray(self._embeddings[0], np.float32).transpose(2, 0, 1)
 
   def predict(self, points=None, labels=None, boxes=None, full_resolution: bool = True, *,
               mask_input=None) -> dict:
@@ -267,8 +300,8 @@ class Predictor:
       raise PromptError("mask_input needs a SAM or MobileSAM model: EfficientSAM has no "
                         "mask-input path")
     padded = bucket_size(q)
-    if padded > QUERY_CHUNK:  # whole chunks inside the call
-      padded = -(-padded // QUERY_CHUNK) * QUERY_CHUNK
+    if padded > self.query_chunk:  # whole chunks inside the call
+      padded = -(-padded // self.query_chunk) * self.query_chunk
     pad = ((0, padded - q),) + ((0, 0),) * (points.ndim - 1)
     points = np.pad(points.astype(np.float32), pad, constant_values=-1.0)
     labels = np.pad(labels.astype(np.float32), pad[:2], constant_values=pe.LABEL_PADDING)
@@ -277,8 +310,8 @@ class Predictor:
       mask_input = np.pad(np.asarray(mask_input, np.float32), pad[:1] + ((0, 0), (0, 0)))
       has_mask = np.pad(has_mask, pad[:1])
     h, w = self._image_hw
-    low, iou = self._decode(self.params, self._embeddings, points, labels, mask_input,
-                            has_mask, np.asarray((h, w), np.int32),
+    low, iou = self._decode(self.params, self._embeddings, self._decoder_context, points,
+                            labels, mask_input, has_mask, np.asarray((h, w), np.int32),
                             np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
     out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
     if full_resolution:
@@ -291,7 +324,7 @@ class Predictor:
     low_res_logits = jnp.asarray(low_res_logits)
     q = low_res_logits.shape[0]
     out = np.empty((q,) + low_res_logits.shape[1:2] + (h, w), np.float32)
-    chunk = min(bucket_size(q), QUERY_CHUNK)
+    chunk = min(bucket_size(q), UPSCALE_CHUNK)
     for start in range(0, q, chunk):
       part = low_res_logits[start:start + chunk]
       n = part.shape[0]
@@ -379,6 +412,9 @@ def define_flags():
   flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits | sam_vit_b | "
                       "sam_vit_l | sam_vit_h | mobile_sam; inferred when omitted.")
   flags.DEFINE_string("overlay", None, "Optional PNG: best mask of each query over the image.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype "
+                    "(parameters stay float32; bfloat16 is faster on CPUs with bf16 "
+                    "instructions, logits differ by ~1e-2).")
   flags.DEFINE_bool("everything", False, "Segment everything (automatic.py: 32x32 point grid) "
                     "instead of --prompts; OUT.npz gets masks, iou, stability, boxes, points.")
 
@@ -405,14 +441,14 @@ def _read_prompts(path: str) -> list:
 
 
 def run(checkpoint: str, image_path: str, prompts_path: str, output: str,
-        model: str | None = None, overlay: str | None = None) -> dict:
+        model: str | None = None, overlay: str | None = None, dtype: str = "float32") -> dict:
   """The CLI's work; returns the arrays written. Raises PromptError / ModelFileError."""
   image = _read_image(image_path)
   # Prompts are checked before the (slower) model load.
   queries = _read_prompts(prompts_path)
   queries_to_arrays(queries, es.EfficientSamConfig().max_num_points)
   base_dir = os.path.dirname(os.path.abspath(prompts_path))
-  predictor = Predictor.from_checkpoint(checkpoint, model)
+  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
   # Mask inputs are checked before the (slow) encoder runs.
   masks, _ = queries_mask_inputs(queries, 4 * predictor.config.grid, base_dir)
   if masks is not None and not predictor.is_sam:
@@ -445,14 +481,14 @@ def main(argv):
     from efficientsam_jax import automatic
     try:
       found = automatic.run_cli(FLAGS.checkpoint, _read_image(FLAGS.image), FLAGS.output,
-                                FLAGS.model, FLAGS.overlay)
+                                FLAGS.model, FLAGS.overlay, dtype=FLAGS.dtype)
     except (PromptError, model_files.ModelFileError) as e:
       _fail(str(e))
     print(f"wrote {FLAGS.output}: {len(found['iou'])} masks")
     return
   try:
     out = run(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output, FLAGS.model,
-              FLAGS.overlay)
+              FLAGS.overlay, FLAGS.dtype)
   except (PromptError, model_files.ModelFileError) as e:
     _fail(str(e))
   print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits "

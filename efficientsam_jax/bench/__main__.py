@@ -1,10 +1,14 @@
 r"""Benchmarks; one JSON object per line on stdout (name, value, unit and the settings).
 
   python -m efficientsam_jax.bench --suite=inference --model=efficientsam_vitt \
-      [--checkpoint=PATH] [--image-size=1024] [--repeats=5] [--compare-torch]
+      [--checkpoint=PATH] [--image-size=1024] [--repeats=5] [--compare-torch] \
+      [--dtype=float32|bfloat16] [--query-chunk=N]
   python -m efficientsam_jax.bench --suite=train --config=configs/sami_vitt.py:teacher=vit_b \
       --config.batch_size=32 --config.teacher.random_init=True --config.data.source=demo
 
+--dtype is the compute dtype of the inference suite and of the torch comparison (parameters
+stay float32; bfloat16 = bf16 matrix products, models/precision.py); the train suite takes its
+dtypes from the config (--config.student.dtype, --config.teacher.dtype).
 Compile time is its own record (`compile_seconds`); every time is a median of `--repeats`
 runs after a warm-up, with the min and the machine's 1-minute load average next to it.
 Flags may be spelled with dashes or underscores (--image-size = --image_size).
@@ -35,6 +39,10 @@ flags.DEFINE_integer("torch_image_size", None, "Image size of the torch comparis
                      "image_size.")
 flags.DEFINE_integer("threads", None, "Threads for PyTorch in the comparison; default: the "
                      "host's cores (what XLA's CPU client uses).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the "
+                  "inference suite and the torch comparison.")
+flags.DEFINE_integer("query_chunk", None, "Queries per decoder step (Predictor query_chunk); "
+                     "default predict.QUERY_CHUNK.")
 flags.DEFINE_integer("data_batches", 5, "Batches drawn to time the input pipeline (train).")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul that measures the peak.")
 config_flags.DEFINE_config_file("config", None, "SAMI config file[:variant] (train suite).",
@@ -66,12 +74,14 @@ def main(argv):
     from efficientsam_jax.bench import inference
     if FLAGS.model not in es.MODELS:
       _fail(f"unknown --model {FLAGS.model!r}; known: {', '.join(sorted(es.MODELS))}")
+    if FLAGS.query_chunk is not None and FLAGS.query_chunk < 1:
+      _fail("--query-chunk must be at least 1")
     emitter = records.Emitter(suite="inference", model=FLAGS.model,
-                              image_size=FLAGS.image_size, batch=1, dtype="float32")
+                              image_size=FLAGS.image_size, batch=1, dtype=FLAGS.dtype)
     hw = (FLAGS.input_height or FLAGS.image_size, FLAGS.input_width or FLAGS.image_size)
     try:
       inference.run(emitter, FLAGS.model, FLAGS.image_size, FLAGS.checkpoint, FLAGS.repeats,
-                    FLAGS.points_per_side, hw)
+                    FLAGS.points_per_side, hw, dtype=FLAGS.dtype, query_chunk=FLAGS.query_chunk)
     except model_files.ModelFileError as e:
       _fail(str(e))
     if FLAGS.compare_torch:
@@ -83,7 +93,7 @@ def main(argv):
         _fail(f"--compare-torch needs torch and segment_anything ({e})")
       torch_compare.run(records.Emitter(suite="compare_torch"),
                         FLAGS.torch_image_size or FLAGS.image_size, FLAGS.repeats,
-                        FLAGS.threads or os.cpu_count())
+                        FLAGS.threads or os.cpu_count(), dtype=FLAGS.dtype)
   else:
     from efficientsam_jax.bench import train
     config = FLAGS.config

@@ -26,11 +26,13 @@ def random_params(config: es.EfficientSamConfig, seed: int = 0):
   return jax.jit(init)(jax.random.key(seed))["params"]
 
 
-def make_predictor(model_name: str, image_size: int, checkpoint: str | None):
+def make_predictor(model_name: str, image_size: int, checkpoint: str | None,
+                   dtype: str = "float32", query_chunk: int | None = None):
   if checkpoint:
-    return predict.Predictor.from_checkpoint(checkpoint, model_name, image_size=image_size)
+    return predict.Predictor.from_checkpoint(checkpoint, model_name, dtype=dtype,
+                                             query_chunk=query_chunk, image_size=image_size)
   config = es.EfficientSamConfig.from_name(model_name, image_size=image_size)
-  return predict.Predictor(random_params(config), config)
+  return predict.Predictor(random_params(config), config, dtype=dtype, query_chunk=query_chunk)
 
 
 def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -51,13 +53,15 @@ def single_point_queries(xy: np.ndarray, max_points: int) -> tuple[np.ndarray, n
 
 
 def run(emitter: records.Emitter, model_name: str, image_size: int, checkpoint: str | None,
-        repeats: int, points_per_side: int, input_hw: tuple[int, int]) -> None:
-  predictor = make_predictor(model_name, image_size, checkpoint)
+        repeats: int, points_per_side: int, input_hw: tuple[int, int], dtype: str = "float32",
+        query_chunk: int | None = None) -> None:
+  predictor = make_predictor(model_name, image_size, checkpoint, dtype, query_chunk)
   config = predictor.config
   height, width = input_hw
   image = test_image(height, width)
   model = es.EfficientSam(config)
-  emit = lambda *a, **kw: emitter.emit(*a, **kw, repeats=repeats)
+  emit = lambda *a, **kw: emitter.emit(*a, **kw, repeats=repeats,
+                                       query_chunk=predictor.query_chunk)
 
   # --- Encoder: compile (ahead of time, from the same function) and steady state --------
   encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=es.EfficientSam.encode))

@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from efficientsam_jax import resize, weights
 from efficientsam_jax.models import mask_decoder as mask_decoder_lib
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as prompt_encoder_lib
 from efficientsam_jax.models import vit
 
@@ -65,12 +66,18 @@ class EfficientSamConfig:
   """Shape of an EfficientSAM model. image_size is 1024 in the release; smaller sizes (a
   multiple of 16) make cheap demo/test models with a (image_size/16)^2 embedding grid.
   encoder_depth: None = the released 12 blocks; fewer make a shrunk demo model (such weights
-  are not in the released format)."""
+  are not in the released format).
+  dtype: compute dtype of the matrix products, "float32" or "bfloat16" (precision.py:
+  parameters and activations stay float32; mask logits and IoU are float32).
+  remat: recompute each encoder block in the backward pass instead of keeping its
+  activations (training memory; no effect on the values)."""
   encoder: str = "vitt"
   image_size: int = 1024
   max_num_points: int = 6
   embed_dim: int = 256
   encoder_depth: int | None = None
+  dtype: str = "float32"
+  remat: bool = False
 
   @classmethod
   def from_name(cls, name: str, **overrides) -> "EfficientSamConfig":
@@ -81,6 +88,10 @@ class EfficientSamConfig:
   @property
   def grid(self) -> int:
     return self.image_size // 16
+
+  @property
+  def compute_dtype(self):
+    return precision.compute_dtype(self.dtype)
 
 
 def preprocess(images, image_size: int):
@@ -133,10 +144,11 @@ class EfficientSam(nn.Module):
   def setup(self):
     c = self.config
     depth = {"depth": c.encoder_depth} if c.encoder_depth else {}
+    dtype = c.compute_dtype
     self.image_encoder = vit.ImageEncoder(vit.ViTConfig.from_name(
-        c.encoder, neck_channels=c.embed_dim, **depth))
+        c.encoder, neck_channels=c.embed_dim, **depth), dtype, remat=c.remat)
     self.prompt_encoder = prompt_encoder_lib.PromptEncoder(c.embed_dim, c.image_size, c.grid)
-    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim)
+    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=dtype)
 
   def encode(self, preprocessed):
     """(B, S, S, 3) output of `preprocess` (S = image_size) -> (B, S/16, S/16, 256)."""
@@ -146,26 +158,34 @@ class EfficientSam(nn.Module):
     """(B, H, W, 3) float RGB in [0, 1], any H, W -> (B, g, g, 256)."""
     return self.encode(preprocess(images, self.config.image_size))
 
+  def decoder_context(self, image_embeddings) -> dict:
+    """The query-independent part of decoding against (B, g, g, 256) embeddings, computed
+    once per image; pass it to `predict_masks(context=...)`."""
+    return self.mask_decoder.image_context(image_embeddings, self.prompt_encoder.dense_pe())
+
   def predict_masks(self, image_embeddings, points, labels, input_hw: tuple[int, int],
-                    output_hw: tuple[int, int] | None = None, multimask_output: bool = True):
+                    output_hw: tuple[int, int] | None = None, multimask_output: bool = True,
+                    context: dict | None = None):
     """Decodes queries against image embeddings.
 
     Args:
-      image_embeddings: (B, g, g, 256).
+      image_embeddings: (B, g, g, 256) (unused, may be None, when `context` is given).
       points: (B, Q, N, 2) (x, y) in original-image pixels; negative = no point.
       labels: (B, Q, N) -1 padding, 0 negative, 1 positive, 2/3 box corners.
       input_hw: the original image (H, W) that the points refer to (tuple or (2,) array).
       output_hw: resize logits to this size (bicubic); None keeps (4g, 4g).
       multimask_output: 3 masks per query (True) or the single-mask output.
+      context: `decoder_context(image_embeddings)`, when already computed.
     Returns:
-      logits (B, Q, M, 4g, 4g) or (B, Q, M, *output_hw), iou (B, Q, M); M = 3 or 1.
+      logits (B, Q, M, 4g, 4g) or (B, Q, M, *output_hw), iou (B, Q, M); M = 3 or 1; float32.
     """
     c = self.config
     points = rescale_points(points, input_hw, c.image_size)
     points, labels = pad_points(points, labels, c.max_num_points)
     sparse = self.prompt_encoder(points, labels)
-    logits, iou = self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse,
-                                    multimask_output)
+    if context is None:
+      context = self.decoder_context(image_embeddings)
+    logits, iou = self.mask_decoder.decode(context, sparse, multimask_output)
     if output_hw is not None:
       logits = upscale_logits(logits, *output_hw)
     return logits, iou

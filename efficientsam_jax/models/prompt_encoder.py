@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientsam_jax.models import activations
+
 # Point labels of the release. 0 (a negative click) adds no learned vector.
 LABEL_PADDING = -1
 LABEL_POSITIVE = 1
@@ -171,9 +173,8 @@ class SamPromptEncoder(nn.Module):
       return jnp.broadcast_to(no_mask, (g, g, self.embed_dim))
     lead = masks.shape[:-2]
     x = masks.reshape((-1,) + masks.shape[-2:] + (1,)).astype(jnp.float32)
-    gelu = lambda y: nn.gelu(y, approximate=False)
-    x = gelu(self.mask_downscaling_1(self.mask_downscaling_0(x)))
-    x = gelu(self.mask_downscaling_4(self.mask_downscaling_3(x)))
+    x = activations.gelu(self.mask_downscaling_1(self.mask_downscaling_0(x)))
+    x = activations.gelu(self.mask_downscaling_4(self.mask_downscaling_3(x)))
     x = self.mask_downscaling_6(x).reshape(lead + (g, g, self.embed_dim))
     return jnp.where(has_mask[..., None, None, None], x, no_mask)
 

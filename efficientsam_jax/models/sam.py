@@ -31,6 +31,7 @@ import numpy as np
 
 from efficientsam_jax import resize, weights
 from efficientsam_jax.models import mask_decoder as mask_decoder_lib
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as prompt_encoder_lib
 from efficientsam_jax.models import sam_encoder, tiny_vit
 
@@ -67,12 +68,15 @@ _TORCH_ORDER = (
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
   """Shape of a SAM-family model. `encoder_overrides` (name, value) pairs reshape the encoder
-  config, e.g. (("depth", 2), ("global_blocks", (1,))) for a fast test model."""
+  config, e.g. (("depth", 2), ("global_blocks", (1,))) for a fast test model. `dtype` is the
+  compute dtype ("float32" | "bfloat16", parameters stay float32) of the ViT encoder and the
+  decoder; MobileSAM's TinyViT encoder always computes in float32."""
   encoder: str = "vit_h"
   image_size: int = 1024
   embed_dim: int = 256
   max_num_points: int = 6  # prompt length queries are padded to (longer ones are kept)
   encoder_overrides: tuple[tuple[str, Any], ...] = ()
+  dtype: str = "float32"
 
   @classmethod
   def from_name(cls, name: str, **overrides) -> "SamConfig":
@@ -84,12 +88,16 @@ class SamConfig:
   def grid(self) -> int:
     return self.image_size // 16
 
+  @property
+  def compute_dtype(self):
+    return precision.compute_dtype(self.dtype)
+
   def encoder_module(self) -> nn.Module:
     overrides = dict(self.encoder_overrides)
     if self.encoder == TINY_VIT:
       return tiny_vit.TinyViT(tiny_vit.TinyViTConfig(**overrides))
     return sam_encoder.SamImageEncoder(sam_encoder.SamEncoderConfig.from_name(
-        self.encoder, pretrain_size=self.image_size, **overrides))
+        self.encoder, pretrain_size=self.image_size, **overrides), dtype=self.compute_dtype)
 
 
 def resized_hw(height: int, width: int, image_size: int) -> tuple[int, int]:
@@ -134,7 +142,7 @@ class Sam(nn.Module):
     c = self.config
     self.image_encoder = c.encoder_module()
     self.prompt_encoder = prompt_encoder_lib.SamPromptEncoder(c.embed_dim, c.image_size, c.grid)
-    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim,
+    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=c.compute_dtype,
                                                      **mask_decoder_lib.SAM_OPTIONS)
 
   def encode(self, preprocessed):
@@ -145,12 +153,19 @@ class Sam(nn.Module):
     """(B, H, W, 3) float RGB in 0..255 -> (B, g, g, 256)."""
     return self.encode(preprocess(images, self.config.image_size))
 
+  def decoder_context(self, image_embeddings) -> dict:
+    """The query-independent part of decoding without a mask input (the no-mask embedding
+    is the same for every query), once per image; for `predict_masks(context=...)`."""
+    return self.mask_decoder.image_context(image_embeddings, self.prompt_encoder.dense_pe(),
+                                           self.prompt_encoder.embed_masks(None, None))
+
   def predict_masks(self, image_embeddings, points, labels, input_hw, resized,
-                    mask_input=None, has_mask=None, multimask_output: bool = True):
+                    mask_input=None, has_mask=None, multimask_output: bool = True,
+                    context: dict | None = None):
     """Decodes queries against image embeddings (low-resolution logits).
 
     Args:
-      image_embeddings: (B, g, g, 256).
+      image_embeddings: (B, g, g, 256) (unused, may be None, when `context` is given).
       points: (B, Q, N, 2) (x, y) original-image pixels.
       labels: (B, Q, N) -1 padding (no token), 0 negative, 1 positive, 2/3 box corners.
       input_hw: original (H, W); resized: (H', W') after the longest-side resize (tuples or
@@ -158,13 +173,18 @@ class Sam(nn.Module):
       mask_input: None, or (B, Q, 4g, 4g) low-res logits from a previous prediction.
       has_mask: (B, Q) bool, which queries use their mask_input (default all).
       multimask_output: masks 1..3 (True) or mask 0 (False).
+      context: `decoder_context(image_embeddings)`, when already computed (no mask_input).
     Returns:
       low_res_logits (B, Q, M, 4g, 4g) and iou (B, Q, M); M = 3 or 1.
     """
     points = rescale_points(points, input_hw, resized)
     sparse, token_mask = self.prompt_encoder(points, labels)
     b, q = points.shape[:2]
-    if mask_input is not None and has_mask is None:
+    if mask_input is None:  # the no-mask embedding: the same for every query
+      if context is None:
+        context = self.decoder_context(image_embeddings)
+      return self.mask_decoder.decode(context, sparse, multimask_output, token_mask)
+    if has_mask is None:
       has_mask = jnp.ones((b, q), bool)
     dense = self.prompt_encoder.embed_masks(mask_input, has_mask)
     dense = jnp.broadcast_to(dense, (b, q) + dense.shape[-3:])

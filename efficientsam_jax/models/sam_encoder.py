@@ -16,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from efficientsam_jax import resize, weights
-from efficientsam_jax.models import attention
+from efficientsam_jax.models import attention, precision
 from efficientsam_jax.models.vit import Mlp, PatchEmbed, apply_sequential, make_neck
 
 # Size name -> (width, depth, heads, global-attention block indices). `tiny` is for tests
@@ -121,7 +121,8 @@ class RelPosAttention(nn.Module):
   def __call__(self, x):
     b, h, w, d = x.shape
     heads, head_dim = self.num_heads, d // self.num_heads
-    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x).reshape(b, h * w, 3, heads, head_dim)
+    qkv = precision.Dense(3 * d, self.dtype, name="qkv")(x).reshape(b, h * w, 3, heads,
+                                                                     head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, heads, head_dim)
     # SAM zero-initialises these; small noise keeps a randomly initialised teacher positional.
     init = nn.initializers.truncated_normal(0.02)
@@ -130,14 +131,14 @@ class RelPosAttention(nn.Module):
 
     # The positional terms use the UNSCALED queries, as in SAM (and MViTv2).
     grid_q = q.reshape(b, h, w, heads, head_dim)
-    bias_h = jnp.einsum("byxnc,ykc->bnyxk", grid_q,
-                        rel_pos_embeddings(rel_h, h, h).astype(self.dtype))
-    bias_w = jnp.einsum("byxnc,xkc->bnyxk", grid_q,
-                        rel_pos_embeddings(rel_w, w, w).astype(self.dtype))
+    bias_h = precision.einsum("byxnc,ykc->bnyxk", grid_q, rel_pos_embeddings(rel_h, h, h),
+                              dtype=self.dtype)
+    bias_w = precision.einsum("byxnc,xkc->bnyxk", grid_q, rel_pos_embeddings(rel_w, w, w),
+                              dtype=self.dtype)
     out = attention.dot_product_attention(
         q, k, v, head_dim**-0.5, bias_h.reshape(b, heads, h * w, h),
-        bias_w.reshape(b, heads, h * w, w), key_hw=(h, w)).reshape(b, h, w, d)
-    return nn.Dense(d, dtype=self.dtype, name="proj")(out)
+        bias_w.reshape(b, heads, h * w, w), key_hw=(h, w), dtype=self.dtype)
+    return precision.Dense(d, self.dtype, name="proj")(out.reshape(b, h, w, d))
 
 
 class SamBlock(nn.Module):
@@ -151,7 +152,7 @@ class SamBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, d = x.shape
-    norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=LN_EPS, name=name)
     y = norm("norm1")(x)
     if self.window_size:
       # Windows go into the batch axis: one attention call, no loop over windows.

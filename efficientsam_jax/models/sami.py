@@ -20,11 +20,10 @@ the trained `image_encoder` subtree is, key for key, an EfficientSAM or MobileSA
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from efficientsam_jax import masking
-from efficientsam_jax.models import tiny_vit, vit
+from efficientsam_jax.models import attention, precision, tiny_vit, vit
 
 DECODER_KINDS = ("cross", "all")
 NO_DECODER = "none"  # decoupled distillation: EncoderStudent
@@ -49,11 +48,13 @@ class CrossAttention(nn.Module):
   def __call__(self, queries, context):
     b, m, e = queries.shape
     head_dim = e // self.num_heads
-    q = nn.Dense(e, dtype=self.dtype, name="q")(queries).reshape(b, m, self.num_heads, head_dim)
-    kv = nn.Dense(2 * e, dtype=self.dtype, name="kv")(context)
+    q = precision.Dense(e, self.dtype, name="q")(queries).reshape(b, m, self.num_heads,
+                                                                   head_dim)
+    kv = precision.Dense(2 * e, self.dtype, name="kv")(context)
     kv = kv.reshape(b, context.shape[1], 2, self.num_heads, head_dim)
-    out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], scale=head_dim**-0.5)
-    return nn.Dense(e, dtype=self.dtype, name="proj")(out.reshape(b, m, e))
+    out = attention.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], head_dim**-0.5,
+                                          query_chunk=None, dtype=self.dtype)
+    return precision.Dense(e, self.dtype, name="proj")(out.reshape(b, m, e))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -64,7 +65,7 @@ class CrossAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, queries, kept):
-    norm = lambda name: nn.LayerNorm(epsilon=DECODER_LN_EPS, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=DECODER_LN_EPS, name=name)
     q = norm("norm1")(queries)
     context = jnp.concatenate([norm("norm_context")(kept), q], axis=1)
     queries = queries + CrossAttention(self.num_heads, self.dtype, name="attn")(q, context)
@@ -78,23 +79,26 @@ class SAMI(nn.Module):
   decoder: DecoderConfig
   target_dim: int = 256
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute encoder and decoder blocks in the backward pass
 
   def setup(self):
     if self.decoder.kind not in DECODER_KINDS:
       raise ValueError(f"unknown decoder kind {self.decoder.kind!r}; known: {DECODER_KINDS}")
     d = self.decoder
     self.image_encoder = vit.ImageEncoder(dataclasses.replace(self.encoder, neck_channels=0),
-                                          self.dtype)
-    self.decoder_embed = nn.Dense(d.width, dtype=self.dtype)
+                                          self.dtype, remat=self.remat)
+    self.decoder_embed = precision.Dense(d.width, self.dtype)
     self.mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, d.width))
     if d.kind == "cross":
-      self.decoder_blocks = [CrossAttentionBlock(d.num_heads, d.mlp_ratio, self.dtype)
+      block = nn.remat(CrossAttentionBlock) if self.remat else CrossAttentionBlock
+      self.decoder_blocks = [block(d.num_heads, d.mlp_ratio, self.dtype)
                              for _ in range(d.depth)]
     else:
-      self.decoder_blocks = [vit.Block(d.num_heads, d.mlp_ratio, DECODER_LN_EPS, self.dtype)
+      block = nn.remat(vit.Block) if self.remat else vit.Block
+      self.decoder_blocks = [block(d.num_heads, d.mlp_ratio, DECODER_LN_EPS, self.dtype)
                              for _ in range(d.depth)]
-    self.decoder_norm = nn.LayerNorm(epsilon=DECODER_LN_EPS, dtype=self.dtype)
-    self.decoder_pred = nn.Dense(self.target_dim, dtype=self.dtype)
+    self.decoder_norm = nn.LayerNorm(epsilon=DECODER_LN_EPS)
+    self.decoder_pred = precision.Dense(self.target_dim, self.dtype)
 
   def __call__(self, images, ids_keep, ids_masked, ids_restore):
     """
@@ -109,12 +113,12 @@ class SAMI(nn.Module):
     kept = self.image_encoder.run_blocks(masking.gather_tokens(tokens, ids_keep))
 
     # Fixed 2-D sin-cos positions for the decoder, as MAE (not learned).
-    grid_pos = jnp.asarray(vit.sincos_pos_table(self.decoder.width, gh)[:, 1:], self.dtype)
+    grid_pos = jnp.asarray(vit.sincos_pos_table(self.decoder.width, gh)[:, 1:])
     if gh != gw:
       raise ValueError(f"SAMI expects square images, got a {gh}x{gw} token grid")
     grid_pos = jnp.broadcast_to(grid_pos, (b,) + grid_pos.shape[1:])
     kept = self.decoder_embed(kept) + masking.gather_tokens(grid_pos, ids_keep)
-    queries = self.mask_token.astype(self.dtype) + masking.gather_tokens(grid_pos, ids_masked)
+    queries = self.mask_token + masking.gather_tokens(grid_pos, ids_masked)
 
     if self.decoder.kind == "cross":
       if queries.shape[1]:  # mask ratio 0 (plain distillation) has no queries
@@ -133,16 +137,18 @@ class EncoderStudent(nn.Module):
   """images (B, S, S, 3) -> the student's embedding (B, N, C), N = (S/16)^2, token order.
 
   `encoder` is a ViTConfig with neck_channels = C (EfficientSAM's encoder) or a TinyViTConfig
-  with out_channels = C (MobileSAM's). TinyViT computes in float32 whatever `dtype` says.
+  with out_channels = C (MobileSAM's). TinyViT computes in float32 whatever `dtype` and
+  `remat` say.
   """
   encoder: vit.ViTConfig | tiny_vit.TinyViTConfig
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # ViT only: recompute each block in the backward pass
 
   def setup(self):
     if isinstance(self.encoder, tiny_vit.TinyViTConfig):
       self.image_encoder = tiny_vit.TinyViT(self.encoder)
     else:
-      self.image_encoder = vit.ImageEncoder(self.encoder, self.dtype)
+      self.image_encoder = vit.ImageEncoder(self.encoder, self.dtype, remat=self.remat)
 
   def __call__(self, images):
     x = self.image_encoder(images)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientsam_jax.models import activations
 from efficientsam_jax.models.sam_encoder import window_partition, window_unpartition
 from efficientsam_jax.models.vit import apply_sequential, make_neck
 
@@ -37,8 +38,7 @@ LN_EPS = 1e-5  # TinyViT's nn.LayerNorm default (the neck uses 1e-6, as SAM's)
 NON_TRAINABLE = (r"/bn/(running_mean|running_var|num_batches_tracked)$",)
 
 
-def gelu(x):
-  return nn.gelu(x, approximate=False)  # torch nn.GELU is the exact (erf) form
+gelu = activations.gelu  # torch nn.GELU: the exact (erf) form
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Parameter names mirror the PyTorch release (`patch_embed.proj`, `pos_embed`, `blocks.N.attn.qkv`,
 `neck.0` ... `neck.3`), flax spelling `blocks_N` / `neck_N`, so conversion is a table of
-transposes. Images are NHWC; the neck output is (B, H/16, W/16, 256).
+transposes. Images are NHWC; the neck output is (B, H/16, W/16, 256). `dtype` everywhere is
+the compute dtype of the matrix products (precision.py); activations are float32.
 """
 import dataclasses
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientsam_jax import resize
-from efficientsam_jax.models import attention
+from efficientsam_jax.models import activations, attention, precision
 
 # Size name -> (width, depth, heads). One table for every encoder of this family.
 VIT_SIZES = {
@@ -65,8 +66,8 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x):
     p = self.patch_size
-    return nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                   name="proj")(x)
+    return precision.conv(self.width, (p, p), self.dtype, strides=(p, p), padding="VALID",
+                          name="proj")(x)
 
 
 class Attention(nn.Module):
@@ -79,11 +80,11 @@ class Attention(nn.Module):
     b, t, d = x.shape
     head_dim = d // self.num_heads
     # (B, T, 3, heads, head_dim): the torch layout of the fused projection.
-    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x).reshape(b, t, 3, self.num_heads,
-                                                                    head_dim)
+    qkv = precision.Dense(3 * d, self.dtype, name="qkv")(x).reshape(b, t, 3, self.num_heads,
+                                                                     head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    out = attention.dot_product_attention(q, k, v, head_dim**-0.5)
-    return nn.Dense(d, dtype=self.dtype, name="proj")(out.reshape(b, t, d))
+    out = attention.dot_product_attention(q, k, v, head_dim**-0.5, dtype=self.dtype)
+    return precision.Dense(d, self.dtype, name="proj")(out.reshape(b, t, d))
 
 
 class Mlp(nn.Module):
@@ -100,8 +101,8 @@ class Mlp(nn.Module):
   def __call__(self, x):
     d = x.shape[-1]
     first, second = self.names
-    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name=first)(x), approximate=False)
-    return nn.Dense(d, dtype=self.dtype, name=second)(x)
+    x = activations.gelu(precision.Dense(self.hidden, self.dtype, name=first)(x))
+    return precision.Dense(d, self.dtype, name=second)(x)
 
 
 class Block(nn.Module):
@@ -114,7 +115,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    norm = lambda name: nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name=name)
+    norm = lambda name: nn.LayerNorm(epsilon=self.ln_eps, name=name)
     x = x + Attention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x))
     return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(norm("norm2")(x))
 
@@ -126,10 +127,10 @@ def make_neck(channels: int = 256, ln_eps: float = LN_EPS, dtype=jnp.float32) ->
   `nn.Sequential` indices of the releases (EfficientSAM and SAM share this neck).
   """
   return [
-      nn.Conv(channels, (1, 1), use_bias=False, dtype=dtype),
-      nn.LayerNorm(epsilon=ln_eps, dtype=dtype),
-      nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype),
-      nn.LayerNorm(epsilon=ln_eps, dtype=dtype),
+      precision.conv(channels, (1, 1), dtype, use_bias=False),
+      nn.LayerNorm(epsilon=ln_eps),
+      precision.conv(channels, (3, 3), dtype, padding=((1, 1), (1, 1)), use_bias=False),
+      nn.LayerNorm(epsilon=ln_eps),
   ]
 
 
@@ -143,10 +144,12 @@ class ImageEncoder(nn.Module):
   """EfficientSAM / SAMI ViT encoder (no class token, global attention everywhere).
 
   `__call__` runs the whole encoder; `embed` and `run_blocks` are its two halves, which SAMI
-  calls separately so the blocks see only the kept tokens.
+  calls separately so the blocks see only the kept tokens. `remat`: each block is recomputed
+  in the backward pass (jax.checkpoint) instead of storing its activations.
   """
   config: ViTConfig
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   def setup(self):
     c = self.config
@@ -155,7 +158,8 @@ class ImageEncoder(nn.Module):
     self.pos_embed = self.param(
         "pos_embed", lambda *_: jnp.asarray(sincos_pos_table(c.width, c.pretrain_grid)),
         (1, 1 + grid_tokens, c.width))
-    self.blocks = [Block(c.num_heads, c.mlp_ratio, dtype=self.dtype) for _ in range(c.depth)]
+    block = nn.remat(Block) if self.remat else Block
+    self.blocks = [block(c.num_heads, c.mlp_ratio, dtype=self.dtype) for _ in range(c.depth)]
     if c.neck_channels:
       self.neck = make_neck(c.neck_channels, dtype=self.dtype)
 
@@ -172,7 +176,7 @@ class ImageEncoder(nn.Module):
   def embed(self, images):
     """(B, H, W, 3) normalised images -> (B, H/16, W/16, D) patch tokens plus positions."""
     x = self.patch_embed(images)
-    return x + self.grid_pos_embed(x.shape[1], x.shape[2]).astype(x.dtype)
+    return x + self.grid_pos_embed(x.shape[1], x.shape[2])
 
   def run_blocks(self, tokens):
     """(B, T, D) -> (B, T, D) through every block."""

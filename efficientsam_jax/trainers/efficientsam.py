@@ -20,14 +20,17 @@ from efficientsam_jax.data import demo_sa1b
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.losses import segmentation as seg_losses
 from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models import precision
 from efficientsam_jax.trainers import loop
 
 DEMO_SUBDIR = "demo_data"
 
 
 def model_config(config) -> es.EfficientSamConfig:
-  return es.EfficientSamConfig(encoder=config.model.size, image_size=config.model.image_size,
-                               encoder_depth=config.model.get("encoder_depth"))
+  m = config.model
+  return es.EfficientSamConfig(encoder=m.size, image_size=m.image_size,
+                               encoder_depth=m.get("encoder_depth"),
+                               dtype=m.get("dtype", "float32"), remat=bool(m.get("remat", False)))
 
 
 class EfficientSamTask(loop.Task):
@@ -43,6 +46,9 @@ class EfficientSamTask(loop.Task):
                       f"{config.model.image_size // 4} (the decoder's low-res output)")
     if config.model.size not in es.MODELS.values():
       raise UserError(f"model.size must be one of {sorted(es.MODELS.values())}")
+    if config.model.get("dtype", "float32") not in precision.DTYPES:
+      raise UserError(f"model.dtype must be one of {', '.join(precision.DTYPES)}, got "
+                      f"{config.model.dtype!r}")
     self.model = es.EfficientSam(model_config(config))
 
   def init_params(self, rng):

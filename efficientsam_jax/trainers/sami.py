@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from efficientsam_jax import data, masking, model_files, teacher
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.losses import sami as sami_losses
+from efficientsam_jax.models import precision
 from efficientsam_jax.models import sami as sami_model
 from efficientsam_jax.models import tiny_vit, vit
 from efficientsam_jax.trainers import loop
@@ -51,16 +52,19 @@ def build_student(config):
   s = config.student
   overrides = dict(s.get("overrides", {}))
   target_dim = teacher.feature_dim(config.teacher)
-  dtype = jnp.dtype(s.dtype)
+  if s.dtype not in precision.DTYPES:
+    raise UserError(f"config.student.dtype must be one of {', '.join(precision.DTYPES)}, got "
+                    f"{s.dtype!r}")
+  dtype, remat = precision.compute_dtype(s.dtype), bool(s.get("remat", False))
   if config.decoder.kind == sami_model.NO_DECODER:
     if s.get("kind", "vit") == "tiny_vit":
       encoder = tiny_vit.TinyViTConfig(out_channels=target_dim, **overrides)
     else:
       encoder = vit.ViTConfig.from_name(s.size, **{"neck_channels": target_dim, **overrides})
-    return sami_model.EncoderStudent(encoder, dtype)
+    return sami_model.EncoderStudent(encoder, dtype, remat)
   encoder = vit.ViTConfig.from_name(s.size, **overrides)
   decoder = sami_model.DecoderConfig(**dict(config.decoder))
-  return sami_model.SAMI(encoder, decoder, target_dim=target_dim, dtype=dtype)
+  return sami_model.SAMI(encoder, decoder, target_dim=target_dim, dtype=dtype, remat=remat)
 
 
 class SamiTask(loop.Task):
