@@ -83,7 +83,9 @@ def abstract(spec: TeacherSpec, mesh, rules=(), min_size: int = 2**16):
   model = sam_encoder.SamImageEncoder(spec.encoder_config, output=spec.output, dtype=dtype)
 
   def apply_fn(teacher_params, images):
-    return model.apply({"params": teacher_params}, images.astype(dtype))
+    # Targets in the teacher's dtype: a bf16 teacher's outputs are bf16 numbers whether they
+    # come live or from the cache (which stores bf16), so both train identically.
+    return model.apply({"params": teacher_params}, images.astype(dtype)).astype(dtype)
 
   return apply_fn, sharding.with_shardings(shapes, shardings)
 
