@@ -36,12 +36,16 @@ def _units(records) -> dict:
 
 
 def test_inference_suite():
+  # bf16 compute and a query chunk here; test_compare_torch runs the float32 suite.
   records = _bench("--suite=inference", "--model=efficientsam_vitt", "--image-size=64",
-                   "--repeats=1", "--points-per-side=4")
+                   "--repeats=1", "--points-per-side=4", "--dtype=bfloat16", "--query-chunk=2")
   units = _units(records)
   for name in ("compile_seconds", "encoder_seconds", "decoder_seconds_per_query",
                "end_to_end_seconds", "everything_seconds"):
     assert units[name] == {"s"}, name
+  assert units["everything_over_end_to_end"] == {"x"}
+  assert {r["dtype"] for r in records} == {"bfloat16"}
+  assert {r["query_chunk"] for r in records} == {2}
   per_query = [r for r in records if r["name"] == "decoder_seconds_per_query"]
   assert sorted(r["queries"] for r in per_query) == [1, 64]
   assert {r["part"] for r in records if r["name"] == "compile_seconds"} >= {"encoder",
