@@ -69,8 +69,8 @@ class EfficientSamConfig:
   are not in the released format).
   dtype: compute dtype of the matrix products, "float32" or "bfloat16" (precision.py:
   parameters and activations stay float32; mask logits and IoU are float32).
-  remat: recompute each encoder block in the backward pass instead of keeping its
-  activations (training memory; no effect on the values)."""
+  remat: recompute each encoder block, decoder block and the mask upscaling in the backward
+  pass instead of keeping their activations (training memory; no effect on the values)."""
   encoder: str = "vitt"
   image_size: int = 1024
   max_num_points: int = 6
@@ -148,7 +148,7 @@ class EfficientSam(nn.Module):
     self.image_encoder = vit.ImageEncoder(vit.ViTConfig.from_name(
         c.encoder, neck_channels=c.embed_dim, **depth), dtype, remat=c.remat)
     self.prompt_encoder = prompt_encoder_lib.PromptEncoder(c.embed_dim, c.image_size, c.grid)
-    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=dtype)
+    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=dtype, remat=c.remat)
 
   def encode(self, preprocessed):
     """(B, S, S, 3) output of `preprocess` (S = image_size) -> (B, S/16, S/16, 256)."""

@@ -337,10 +337,12 @@ class TwoWayTransformer(nn.Module):
   naming: str = "efficientsam"
   ln_eps: float = 1e-5
   dtype: Any = F32
+  remat: bool = False  # recompute each block in the backward pass
 
   def setup(self):
+    block = nn.remat(TwoWayAttentionBlock) if self.remat else TwoWayAttentionBlock
     self.layers = [
-        TwoWayAttentionBlock(
+        block(
             self.embedding_dim, self.num_heads, self.mlp_dim, self.downsample_rate,
             skip_first_layer_pe=(i == 0),
             layer0_self_attn_residual=self.layer0_self_attn_residual,
@@ -419,6 +421,8 @@ class MaskDecoder(nn.Module):
     upscaling_dims: channels after each 2x transposed-conv upscaling (64, 32).
     iou_head_depth: layers of the IoU MLP counting its `fc` (3).
     dtype: compute dtype (parameters stay float32; outputs are float32).
+    remat: recompute the transformer blocks and the mask upscaling in the backward pass
+      instead of storing their per-query activations (training memory; same values).
 
   Two ways in: `__call__` (everything), or `image_context` once per image and `decode` for
   any number of query batches against it (the Predictor does that).
@@ -437,6 +441,7 @@ class MaskDecoder(nn.Module):
   upscale_norm: str = "group"
   naming: str = "efficientsam"
   dtype: Any = F32
+  remat: bool = False
 
   @property
   def num_mask_tokens(self) -> int:
@@ -451,7 +456,7 @@ class MaskDecoder(nn.Module):
         c, self.depth, self.num_heads, self.mlp_dim,
         layer0_self_attn_residual=self.layer0_self_attn_residual,
         add_pe_to_queries_in_place=self.add_pe_to_queries_in_place,
-        activation=self.activation, naming=self.naming, dtype=dt)
+        activation=self.activation, naming=self.naming, dtype=dt, remat=self.remat)
     steps = []  # (conv, norm or None) per upscaling step
     for i, dim in enumerate(self.upscaling_dims):
       norm = self._upscale_norm() if i < len(self.upscaling_dims) - 1 else None
@@ -529,8 +534,22 @@ class MaskDecoder(nn.Module):
   def decode(self, context: dict, sparse_prompt_embeddings, multimask_output: bool = True,
              token_mask=None):
     """Queries (B, Q, N, C) against a context from `image_context` -> as `__call__`."""
-    b, q, n, c = sparse_prompt_embeddings.shape
+    image, hyper, iou = self.decode_tokens(context, sparse_prompt_embeddings,
+                                           multimask_output, token_mask)
     h, w = context["image_pe"].shape[:2]
+    mask_logits = lambda mdl, image, hyper: mdl.mask_logits(image, hyper, (h, w))
+    if self.remat:  # recomputed in the backward pass: its per-query tensors are the largest
+      mask_logits = nn.remat(mask_logits)
+    return mask_logits(self, image, hyper), iou
+
+  def decode_tokens(self, context: dict, sparse_prompt_embeddings,
+                    multimask_output: bool = True, token_mask=None):
+    """The two-way transformer and the heads on its tokens, without the mask upscaling.
+
+    Returns each query's image tokens (B, Q, N, C), the hypernetwork outputs (B, Q, M, C')
+    of the returned masks and their IoU predictions (B, Q, M); `mask_logits` finishes.
+    """
+    b, q, n, c = sparse_prompt_embeddings.shape
     output_tokens = jnp.concatenate([self.iou_token.embedding, self.mask_tokens.embedding])
     tokens = jnp.concatenate([
         jnp.broadcast_to(output_tokens, (b, q) + output_tokens.shape),
@@ -549,6 +568,14 @@ class MaskDecoder(nn.Module):
                        for i in hyper_ids], axis=2)  # (B, Q, M, C')
     if self.is_initializing():
       hyper = hyper[:, :, keep.start:keep.stop]
+    iou = self.iou_prediction_head(hs[:, :, 0])[:, :, keep.start:keep.stop]
+    return image, hyper, iou
+
+  def mask_logits(self, image, hyper, grid_hw: tuple[int, int]):
+    """Each query's image tokens (B, Q, h*w, C) upscaled and projected on its hypernetwork
+    outputs (B, Q, M, C') -> mask logits (B, Q, M, 4h, 4w) float32."""
+    b, q, _, c = image.shape
+    h, w = grid_hw
     upscaled = self._upscale(image.reshape(b * q, h, w, c))  # (BQ, h, w, [2, 2] * steps, C')
     # (BQ, pixels, C') @ (BQ, C', M): the few mask channels are the minor axis of the result,
     # so only those (not the C' upscaled channels) are moved into image order.
@@ -558,9 +585,7 @@ class MaskDecoder(nn.Module):
     masks = jnp.moveaxis(masks, -1, 1)
     masks = interleave_subpixels(masks.reshape((b * q * m,) + masks.shape[2:]),
                                  len(self.upscaling_dims))
-    masks = masks.reshape((b, q, m) + masks.shape[1:])
-    iou = self.iou_prediction_head(hs[:, :, 0])[:, :, keep.start:keep.stop]
-    return masks, iou
+    return masks.reshape((b, q, m) + masks.shape[1:])
 
   def _upscale(self, x):
     """(BQ, h, w, C) -> (BQ, h, w, [2, 2] * steps, upscaling_dims[-1]) in sub-pixel layout."""
