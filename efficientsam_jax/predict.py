@@ -133,12 +133,17 @@ class Predictor:
       preprocess = lambda image: sam.preprocess(image[None].astype(jnp.float32), size)
       predict_masks = lambda p, ctx, pts, lbl, hw, resized: model.apply(
           {"params": p}, None, pts, lbl, hw, resized, context=ctx, method=cls.predict_masks)
+      predict_tokens = lambda p, ctx, pts, lbl, hw, resized: model.apply(
+          {"params": p}, ctx, pts, lbl, hw, resized, method=cls.predict_tokens)
     else:
       model, cls = es.EfficientSam(config), es.EfficientSam
       # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
       preprocess = lambda image: es.preprocess(image[None].astype(jnp.float32) / 255.0, size)
       predict_masks = lambda p, ctx, pts, lbl, hw, resized: model.apply(
           {"params": p}, None, pts, lbl, hw, context=ctx, method=cls.predict_masks)
+      predict_tokens = lambda p, ctx, pts, lbl, hw, resized: model.apply(
+          {"params": p}, ctx, pts, lbl, hw, method=cls.predict_tokens)
+    mask_logits = lambda p, state: model.apply({"params": p}, state, method=cls.mask_logits)
     self._preprocess = jax.jit(preprocess)
     # One shape, (1, size, size, 3): compiled once for all images.
     self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=cls.encode))
@@ -147,12 +152,21 @@ class Predictor:
                                                      method=cls.decoder_context))
     query_chunk = self.query_chunk
 
-    def decode(p, context, points, labels, input_hw, resized):
-      """context, (Qb, n, 2), (Qb, n), (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3)."""
+    def decode(p, context, points, labels, input_hw, resized, min_iou=None):
+      """context, (Qb, n, 2), (Qb, n), (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3).
+
+      min_iou (a traced scalar) or None: a chunk whose every IoU prediction is <= min_iou
+      skips the mask upscaling; its logits are NaN."""
       chunk = min(points.shape[0], query_chunk)
 
       def one_chunk(xs):
-        low, iou = predict_masks(p, context, xs[0][None], xs[1][None], input_hw, resized)
+        if min_iou is None:
+          low, iou = predict_masks(p, context, xs[0][None], xs[1][None], input_hw, resized)
+          return low[0], iou[0]
+        state, iou = predict_tokens(p, context, xs[0][None], xs[1][None], input_hw, resized)
+        shape = jax.eval_shape(mask_logits, p, state)
+        low = jax.lax.cond(jnp.any(iou > min_iou), lambda: mask_logits(p, state),
+                           lambda: jnp.full(shape.shape, jnp.nan, shape.dtype))
         return low[0], iou[0]
 
       shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
@@ -225,8 +239,14 @@ class Predictor:
     return self.predict_arrays(all_points, all_labels, full_resolution)
 
   def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
-                     full_resolution: bool = True) -> dict:
-    """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n)."""
+                     full_resolution: bool = True, min_iou: float | None = None) -> dict:
+    """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n).
+
+    min_iou: queries whose IoU predictions are all <= min_iou (checked per decoder chunk of
+    `query_chunk` queries) skip the mask upscaling, about half the decoder's work, and get NaN
+    low-res logits; for callers that drop such masks anyway (segment everything's
+    pred_iou_thresh). None decodes everything.
+    """
     self._require_image()
     q = points.shape[0]
     padded = bucket_size(q)
@@ -236,9 +256,12 @@ class Predictor:
     points = np.pad(points.astype(np.float32), pad, constant_values=-1.0)
     labels = np.pad(labels.astype(np.float32), pad[:2], constant_values=pe.LABEL_PADDING)
     h, w = self._image_hw
-    low, iou = self._decode(self.params, self._decoder_context, points, labels,
-                            np.asarray((h, w), np.int32),
-                            np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
+    args = (self.params, self._decoder_context, points, labels, np.asarray((h, w), np.int32),
+            np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
+    if min_iou is None:
+      low, iou = self._decode(*args)
+    else:
+      low, iou = self._decode(*args, np.float32(min_iou))
     out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
     if full_resolution:
       out["logits"] = self.upscale(low[:q])

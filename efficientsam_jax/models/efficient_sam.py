@@ -190,6 +190,23 @@ class EfficientSam(nn.Module):
       logits = upscale_logits(logits, *output_hw)
     return logits, iou
 
+  def predict_tokens(self, context: dict, points, labels, input_hw,
+                     multimask_output: bool = True):
+    """`predict_masks` up to the mask upscaling: -> (state, iou (B, Q, M)); `mask_logits`
+    (state) gives the low-res logits. Lets a caller skip the upscaling of queries it will
+    drop on their predicted IoU (segment everything)."""
+    c = self.config
+    points = rescale_points(points, input_hw, c.image_size)
+    points, labels = pad_points(points, labels, c.max_num_points)
+    image, hyper, iou = self.mask_decoder.decode_tokens(
+        context, self.prompt_encoder(points, labels), multimask_output)
+    return {"image": image, "hyper": hyper}, iou
+
+  def mask_logits(self, state: dict):
+    """Low-res logits (B, Q, M, 4g, 4g) from `predict_tokens`' state."""
+    g = self.config.grid
+    return self.mask_decoder.mask_logits(state["image"], state["hyper"], (g, g))
+
   def __call__(self, images, points, labels, scale_to_original_image_size: bool = True):
     """The released `forward`: (B, H, W, 3) images in [0, 1], (B, Q, N, 2) points,
     (B, Q, N) labels -> logits (B, Q, 3, H, W) (or (B, Q, 3, 4g, 4g)) and iou (B, Q, 3)."""
