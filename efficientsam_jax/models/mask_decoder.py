@@ -322,9 +322,9 @@ class TwoWayAttentionBlock(nn.Module):
 class TwoWayTransformer(nn.Module):
   """`depth` two-way blocks, then a final token-to-image attention and LayerNorm.
 
-  Called with a context from `image_context` (or {"image": per-query images (B, Q, N, C),
-  "image_pe": (h, w, C)}), tokens (B, Q, T, C) (also their positional encoding) and
-  token_mask None or (B, Q, T) bool. Returns (tokens (B, Q, T, C), image (B, Q, N, C)).
+  Called with a context from `image_context` (the image shared by the Q queries of each batch
+  entry), tokens (B, Q, T, C) (also their positional encoding) and token_mask None or
+  (B, Q, T) bool. Returns (tokens (B, Q, T, C), image (B, Q, N, C)).
   """
   embedding_dim: int = 256
   depth: int = 2
@@ -361,15 +361,19 @@ class TwoWayTransformer(nn.Module):
     return {"image": image, "image_pe": image_pe,
             **self.layers[0].image_context(image, pe)}
 
-  def __call__(self, context, tokens, token_mask=None):
+  def __call__(self, context, tokens, token_mask=None, outputs: tuple[int, ...] | None = None):
+    """`outputs`: indices of the tokens to return (default all). The final attention treats
+    every token on its own, so it runs for those only (the decoder needs the IoU token and the
+    mask tokens it returns, not the prompt tokens)."""
     tokens = tokens.astype(F32)
     image_pe = context["image_pe"]
     pe = image_pe.reshape(-1, image_pe.shape[-1]).astype(F32)
     queries, keys = tokens, context["image"]
-    shared = "k0" in context
     for i, layer in enumerate(self.layers):
-      queries, keys = layer(queries, keys, tokens, pe, token_mask,
-                            context if (i == 0 and shared) else None)
+      queries, keys = layer(queries, keys, tokens, pe, token_mask, context if i == 0 else None)
+    if outputs is not None:
+      ids = jnp.asarray(outputs)
+      queries, tokens = queries[:, :, ids], tokens[:, :, ids]
     queries = queries + self.final_attn_token_to_image.token_to_image(queries + tokens, keys,
                                                                       pe)
     return self.norm_final_attn(queries), keys
@@ -523,13 +527,18 @@ class MaskDecoder(nn.Module):
     dense = dense_prompt_embeddings
     if dense is None or dense.ndim == 3:
       context = self.image_context(image_embeddings, image_pe, dense)
-    else:
-      b, h, w, c = image_embeddings.shape
-      q = sparse_prompt_embeddings.shape[1]
-      image = (image_embeddings.reshape(b, 1, h * w, c).astype(F32)
-               + dense.reshape(b, q, h * w, c))
-      context = {"image": image, "image_pe": image_pe}
-    return self.decode(context, sparse_prompt_embeddings, multimask_output, token_mask)
+      return self.decode(context, sparse_prompt_embeddings, multimask_output, token_mask)
+    # A dense prompt per query (SAM's mask input): every query has its own image, decoded as
+    # B * Q images of one query each.
+    b, h, w, c = image_embeddings.shape
+    q, n = sparse_prompt_embeddings.shape[1:3]
+    image = (image_embeddings.reshape(b, 1, h * w, c).astype(F32)
+             + dense.reshape(b, q, h * w, c)).reshape(b * q, h * w, c)
+    context = self.transformer.image_context(image, image_pe)
+    masks, iou = self.decode(context, sparse_prompt_embeddings.reshape(b * q, 1, n, c),
+                             multimask_output,
+                             None if token_mask is None else token_mask.reshape(b * q, 1, n))
+    return masks.reshape((b, q) + masks.shape[2:]), iou.reshape(b, q, -1)
 
   def decode(self, context: dict, sparse_prompt_embeddings, multimask_output: bool = True,
              token_mask=None):
@@ -557,15 +566,15 @@ class MaskDecoder(nn.Module):
     if token_mask is not None:  # the iou and mask tokens always take part
       token_mask = jnp.concatenate([jnp.ones((b, q, output_tokens.shape[0]), bool),
                                     token_mask.astype(bool)], axis=2)
-    hs, image = self.transformer(context, tokens, token_mask)
-
     multi = multimask_output and self.num_multimask_outputs > 1
     keep = range(1, self.num_mask_tokens) if multi else range(1)
     # Only the mask tokens that are returned are decoded (all of them while initialising, so
-    # that every parameter exists).
+    # that every parameter exists): the IoU token and those leave the transformer.
     hyper_ids = range(self.num_mask_tokens) if self.is_initializing() else keep
-    hyper = jnp.stack([self.output_hypernetworks_mlps[i](hs[:, :, 1 + i])
-                       for i in hyper_ids], axis=2)  # (B, Q, M, C')
+    hs, image = self.transformer(context, tokens, token_mask,
+                                 outputs=(0,) + tuple(1 + i for i in hyper_ids))
+    hyper = jnp.stack([self.output_hypernetworks_mlps[i](hs[:, :, 1 + j])
+                       for j, i in enumerate(hyper_ids)], axis=2)  # (B, Q, M, C')
     if self.is_initializing():
       hyper = hyper[:, :, keep.start:keep.stop]
     iou = self.iou_prediction_head(hs[:, :, 0])[:, :, keep.start:keep.stop]
