@@ -9,7 +9,9 @@ score, box NMS) with one change that makes it cheap: every score and the NMS are
 the decoder's low-resolution logits (256 x 256 at 1024 px), and only the masks that survive
 are resized to the image. SAM upscales all 3 x 1024 candidates to full resolution first;
 that resize, not the decoder, would dominate on a CPU. All grid points go through the
-Predictor in a single jitted call (query buckets, see predict.py).
+Predictor in a single jitted call (query buckets, see predict.py). The first filter is SAM's
+predicted-IoU threshold, so the decoder skips the mask upscaling (about half its work) for
+queries none of whose masks pass it (`skip_low_iou_upscaling`; the result is the same).
 
 Optional crops (`crop_layers=1`): the image is also cut into 2 x 2 overlapping crops, each
 embedded and segmented on its own; masks from all crops are merged by box NMS, with full-image
@@ -34,6 +36,9 @@ class EverythingConfig:
   min_mask_region_area: int = 0  # in original-image pixels; 0 keeps every mask
   crop_layers: int = 0  # 0: the whole image only; 1: also 2 x 2 crops
   crop_overlap_ratio: float = 512 / 1500
+  # Queries whose every mask fails pred_iou_thresh are not upscaled by the decoder (they are
+  # dropped by that threshold anyway; exact). False decodes every mask.
+  skip_low_iou_upscaling: bool = True
 
 
 def point_grid(points_per_side: int, height: int, width: int) -> np.ndarray:
@@ -119,7 +124,8 @@ def _candidates(predictor, image: np.ndarray, config: EverythingConfig) -> dict:
   points = np.full((len(grid), max_points, 2), -1.0, np.float32)
   labels = np.full((len(grid), max_points), pe.LABEL_PADDING, np.float32)
   points[:, 0], labels[:, 0] = grid, pe.LABEL_POSITIVE
-  out = predictor.predict_arrays(points, labels, full_resolution=False)
+  min_iou = config.pred_iou_thresh if config.skip_low_iou_upscaling else None
+  out = predictor.predict_arrays(points, labels, full_resolution=False, min_iou=min_iou)
   low, iou = out["low_res_logits"], out["iou"]  # (P, 3, h, w), (P, 3)
   m = low.shape[1]
   low, iou = low.reshape((-1,) + low.shape[2:]), iou.reshape(-1)

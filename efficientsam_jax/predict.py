@@ -177,6 +177,8 @@ class Predictor:
       predict_masks = lambda p, e, ctx, pts, lbl, masks, has_mask, hw, resized: model.apply(
           {"params": p}, e, pts, lbl, hw, resized, masks, has_mask,
           context=None if masks is not None else ctx, method=cls.predict_masks)
+      predict_tokens = lambda p, ctx, pts, lbl, hw, resized: model.apply(
+          {"params": p}, ctx, pts, lbl, hw, resized, method=cls.predict_tokens)
     else:
       model, cls = es.EfficientSam(config), es.EfficientSam
       # Per image size (cheap): uint8 -> [0, 1] -> resized to the encoder input, normalised.
@@ -184,6 +186,9 @@ class Predictor:
       # No mask-input path in EfficientSAM: predict_arrays refuses masks before this.
       predict_masks = lambda p, e, ctx, pts, lbl, masks, has_mask, hw, resized: model.apply(
           {"params": p}, None, pts, lbl, hw, context=ctx, method=cls.predict_masks)
+      predict_tokens = lambda p, ctx, pts, lbl, hw, resized: model.apply(
+          {"params": p}, ctx, pts, lbl, hw, method=cls.predict_tokens)
+    mask_logits = lambda p, state: model.apply({"params": p}, state, method=cls.mask_logits)
     self._preprocess = jax.jit(preprocess)
     # One shape, (1, size, size, 3): compiled once for all images.
     self._encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=cls.encode))
@@ -192,16 +197,26 @@ class Predictor:
                                                      method=cls.decoder_context))
     query_chunk = self.query_chunk
 
-    def decode(p, embeddings, context, points, labels, masks, has_mask, input_hw, resized):
+    def decode(p, embeddings, context, points, labels, masks, has_mask, input_hw, resized,
+               min_iou=None):
       """(1, g, g, C), its decoder context, (Qb, n, 2), (Qb, n), masks (Qb, 4g, 4g) and
       has_mask (Qb,) or both None, (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3).
       Without masks the mask-input path is not even traced (None is an empty pytree: its own
-      compilation)."""
+      compilation).
+
+      min_iou (a traced scalar, only without masks) or None: a chunk whose every IoU
+      prediction is <= min_iou skips the mask upscaling; its logits are NaN."""
       chunk = min(points.shape[0], query_chunk)
 
       def one_chunk(xs):
         xs = jax.tree.map(lambda x: x[None], xs)
-        low, iou = predict_masks(p, embeddings, context, *xs, input_hw, resized)
+        if min_iou is None:
+          low, iou = predict_masks(p, embeddings, context, *xs, input_hw, resized)
+          return low[0], iou[0]
+        state, iou = predict_tokens(p, context, xs[0], xs[1], input_hw, resized)
+        shape = jax.eval_shape(mask_logits, p, state)
+        low = jax.lax.cond(jnp.any(iou > min_iou), lambda: mask_logits(p, state),
+                           lambda: jnp.full(shape.shape, jnp.nan, shape.dtype))
         return low[0], iou[0]
 
       shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
@@ -291,11 +306,19 @@ class Predictor:
 
   def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
                      full_resolution: bool = True, mask_input: np.ndarray | None = None,
-                     has_mask: np.ndarray | None = None) -> dict:
+                     has_mask: np.ndarray | None = None, min_iou: float | None = None) -> dict:
     """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n), and for SAM
-    optionally mask_input (Q, 4g, 4g) with has_mask (Q,) bool (default: every query)."""
+    optionally mask_input (Q, 4g, 4g) with has_mask (Q,) bool (default: every query).
+
+    min_iou: queries whose IoU predictions are all <= min_iou (checked per decoder chunk of
+    `query_chunk` queries) skip the mask upscaling, about half the decoder's work, and get NaN
+    low-res logits; for callers that drop such masks anyway (segment everything's
+    pred_iou_thresh). None decodes everything. Not with mask_input.
+    """
     self._require_image()
     q = points.shape[0]
+    if mask_input is not None and min_iou is not None:
+      raise ValueError("min_iou skips upscaling on the no-mask path only; not with mask_input")
     if mask_input is not None and not self.is_sam:
       raise PromptError("mask_input needs a SAM or MobileSAM model: EfficientSAM has no "
                         "mask-input path")
@@ -310,9 +333,13 @@ class Predictor:
       mask_input = np.pad(np.asarray(mask_input, np.float32), pad[:1] + ((0, 0), (0, 0)))
       has_mask = np.pad(has_mask, pad[:1])
     h, w = self._image_hw
-    low, iou = self._decode(self.params, self._embeddings, self._decoder_context, points,
-                            labels, mask_input, has_mask, np.asarray((h, w), np.int32),
-                            np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
+    args = (self.params, self._embeddings, self._decoder_context, points, labels,
+            mask_input, has_mask, np.asarray((h, w), np.int32),
+            np.asarray(sam.resized_hw(h, w, self.config.image_size), np.int32))
+    if min_iou is None:
+      low, iou = self._decode(*args)
+    else:
+      low, iou = self._decode(*args, np.float32(min_iou))
     out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
     if full_resolution:
       out["logits"] = self.upscale(low[:q])

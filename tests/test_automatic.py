@@ -48,3 +48,26 @@ def test_generate_tiny_model():
   assert result["masks"].shape == (k, 48, 80) and result["masks"].dtype == bool
   assert result["boxes"].shape == (k, 4) and result["points"].shape == (k, 2)
   assert np.all(np.diff(result["iou"]) <= 0)  # best first
+
+
+def test_skipping_low_iou_upscaling_changes_nothing():
+  config = es.EfficientSamConfig.from_name("efficientsam_vitt", image_size=64)
+  predictor = predict.Predictor(jax.device_get(inference.random_params(config)), config,
+                                query_chunk=1)
+  image = inference.test_image(64, 64)
+  predictor.set_image(image)
+  points, labels = inference.single_point_queries(automatic.point_grid(3, 64, 64), 6)
+  full = predictor.predict_arrays(points, labels, full_resolution=False)
+  threshold = float(np.median(full["iou"].max(axis=1)))  # some queries pass, some do not
+  gated = predictor.predict_arrays(points, labels, full_resolution=False, min_iou=threshold)
+  passed = full["iou"].max(axis=1) > threshold
+  assert passed.any() and not passed.all()
+  np.testing.assert_array_equal(gated["iou"], full["iou"])
+  np.testing.assert_array_equal(gated["low_res_logits"][passed], full["low_res_logits"][passed])
+  assert np.isnan(gated["low_res_logits"][~passed]).all()
+  results = [automatic.generate(predictor, image, automatic.EverythingConfig(
+      points_per_side=3, pred_iou_thresh=threshold, stability_score_thresh=0.0,
+      skip_low_iou_upscaling=skip)) for skip in (True, False)]
+  assert len(results[0]["iou"]) >= 1
+  for key in results[0]:
+    np.testing.assert_array_equal(results[0][key], results[1][key])

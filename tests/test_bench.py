@@ -41,9 +41,10 @@ def test_inference_suite():
                    "--repeats=1", "--points-per-side=4", "--dtype=bfloat16", "--query-chunk=2")
   units = _units(records)
   for name in ("compile_seconds", "encoder_seconds", "decoder_seconds_per_query",
-               "end_to_end_seconds", "everything_seconds"):
+               "end_to_end_seconds", "everything_seconds", "everything_all_upscaled_seconds"):
     assert units[name] == {"s"}, name
-  assert units["everything_over_end_to_end"] == {"x"}
+  for name in ("everything_over_end_to_end", "everything_all_upscaled_over_end_to_end"):
+    assert units[name] == {"x"}, name
   assert {r["dtype"] for r in records} == {"bfloat16"}
   assert {r["query_chunk"] for r in records} == {2}
   per_query = [r for r in records if r["name"] == "decoder_seconds_per_query"]

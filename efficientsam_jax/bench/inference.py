@@ -3,10 +3,13 @@
 Records (seconds unless said): compile_seconds (part=encoder|decoder), encoder_seconds,
 decoder_seconds_per_query (queries=1 and 64, low-res output), end_to_end_seconds (uint8
 image -> full-resolution logits of one box: preprocessing, encoder, decoder, resize, host
-copy), everything_seconds (automatic masks from an n x n grid) and the speed-up of that over
-decoding the grid one prompt per call, and everything_over_end_to_end (both timed in the same
+copy), everything_seconds (automatic masks from an n x n grid; upscaled_fraction says how
+many grid points had a mask above the IoU threshold, the only ones whose masks the decoder
+upscales), everything_all_upscaled_seconds (every mask upscaled), their ratios to end to end
+and the speed-up over decoding the grid one prompt per call (all timed in the same
 interleaved rounds).
 """
+import dataclasses
 import time
 
 import jax
@@ -102,33 +105,47 @@ def run(emitter: records.Emitter, model_name: str, image_size: int, checkpoint: 
   if not points_per_side:
     return
   everything_config = automatic.EverythingConfig(points_per_side=points_per_side)
+  all_upscaled = dataclasses.replace(everything_config, skip_low_iou_upscaling=False)
   run_all = lambda: automatic.generate(predictor, image, everything_config)["masks"]
+  run_full = lambda: automatic.generate(predictor, image, all_upscaled)["masks"]
   grid = points_per_side**2
+  grid_points, grid_labels = single_point_queries(
+      automatic.point_grid(points_per_side, height, width), config.max_num_points)
   # The same grid decoded one prompt per call (low-res only; no filtering, no resize): timed
   # on a sample of prompts and scaled to the grid.
   sample = min(grid, 16)
-  xy = automatic.point_grid(points_per_side, height, width)[:sample]
-  points, labels = single_point_queries(xy, config.max_num_points)
+  points, labels = grid_points[:sample], grid_labels[:sample]
   one = lambda: [predictor.predict_arrays(points[i:i + 1], labels[i:i + 1], False)
                  for i in range(sample)]
-  # Interleaved rounds (end to end, everything, one prompt per call), so that the ratios
-  # compare runs made under the same load; each ratio is per round, then the median.
-  for fn in (run_all, one):
-    records.block(fn())  # warm-up: compiles the grid's query bucket
-  runs = {"e2e": [], "all": [], "one": []}
+  # Warm-up (compiles the grid's query bucket), and how many grid points have a mask above
+  # the IoU threshold, i.e. are upscaled by default (random weights: typically none).
+  thresh = everything_config.pred_iou_thresh
+  warm = predictor.predict_arrays(grid_points, grid_labels, False, min_iou=thresh)
+  upscaled = float(np.mean(warm["iou"].max(axis=1) > thresh))
+  for fn in (run_full, one):
+    records.block(fn())
+  # Interleaved rounds (end to end, everything, everything with every mask upscaled, one
+  # prompt per call), so that the ratios compare runs made under the same load; each ratio
+  # is per round, then the median.
+  runs = {"e2e": [], "all": [], "full": [], "one": []}
   for _ in range(max(1, repeats // 2)):
-    for name, fn in (("e2e", end_to_end), ("all", run_all), ("one", one)):
+    for name, fn in (("e2e", end_to_end), ("all", run_all), ("full", run_full), ("one", one)):
       start = time.perf_counter()
       records.block(fn())
       runs[name].append(time.perf_counter() - start)
-  everything = float(np.median(runs["all"]))
-  emit("everything_seconds", everything, "s", batch=1, points=grid, input_hw=[height, width],
-       min_seconds=float(np.min(runs["all"])))
-  emit("everything_over_end_to_end", float(np.median(np.divide(runs["all"], runs["e2e"]))),
-       "x", batch=1, points=grid, note="per interleaved round, median")
+  ratio = lambda a, b: float(np.median(np.divide(runs[a], runs[b])))
+  for name, key, note in (
+      ("everything_seconds", "all", "default: masks failing pred_iou_thresh not upscaled"),
+      ("everything_all_upscaled_seconds", "full", "skip_low_iou_upscaling=False")):
+    emit(name, float(np.median(runs[key])), "s", batch=1, points=grid,
+         input_hw=[height, width], min_seconds=float(np.min(runs[key])), note=note,
+         upscaled_fraction=upscaled)
+  emit("everything_over_end_to_end", ratio("all", "e2e"), "x", batch=1, points=grid,
+       upscaled_fraction=upscaled, note="per interleaved round, median")
+  emit("everything_all_upscaled_over_end_to_end", ratio("full", "e2e"), "x", batch=1,
+       points=grid, note="per interleaved round, median")
   one_at_a_time = float(np.median(runs["one"])) * grid / sample
   emit("everything_one_prompt_per_call_seconds", one_at_a_time, "s", batch=1, points=grid,
        note=f"{sample} single-prompt decoder calls, scaled to the grid")
-  emit("everything_speedup_vs_one_prompt_per_call",
-       float(np.median(np.divide(runs["one"], runs["all"]))) * grid / sample, "x", batch=1,
-       points=grid)
+  emit("everything_speedup_vs_one_prompt_per_call", ratio("one", "all") * grid / sample, "x",
+       batch=1, points=grid, upscaled_fraction=upscaled)

@@ -69,8 +69,8 @@ class EfficientSamConfig:
   are not in the released format).
   dtype: compute dtype of the matrix products, "float32" or "bfloat16" (precision.py:
   parameters and activations stay float32; mask logits and IoU are float32).
-  remat: recompute each encoder block in the backward pass instead of keeping its
-  activations (training memory; no effect on the values)."""
+  remat: recompute each encoder block, decoder block and the mask upscaling in the backward
+  pass instead of keeping their activations (training memory; no effect on the values)."""
   encoder: str = "vitt"
   image_size: int = 1024
   max_num_points: int = 6
@@ -148,7 +148,7 @@ class EfficientSam(nn.Module):
     self.image_encoder = vit.ImageEncoder(vit.ViTConfig.from_name(
         c.encoder, neck_channels=c.embed_dim, **depth), dtype, remat=c.remat)
     self.prompt_encoder = prompt_encoder_lib.PromptEncoder(c.embed_dim, c.image_size, c.grid)
-    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=dtype)
+    self.mask_decoder = mask_decoder_lib.MaskDecoder(c.embed_dim, dtype=dtype, remat=c.remat)
 
   def encode(self, preprocessed):
     """(B, S, S, 3) output of `preprocess` (S = image_size) -> (B, S/16, S/16, 256)."""
@@ -189,6 +189,23 @@ class EfficientSam(nn.Module):
     if output_hw is not None:
       logits = upscale_logits(logits, *output_hw)
     return logits, iou
+
+  def predict_tokens(self, context: dict, points, labels, input_hw,
+                     multimask_output: bool = True):
+    """`predict_masks` up to the mask upscaling: -> (state, iou (B, Q, M)); `mask_logits`
+    (state) gives the low-res logits. Lets a caller skip the upscaling of queries it will
+    drop on their predicted IoU (segment everything)."""
+    c = self.config
+    points = rescale_points(points, input_hw, c.image_size)
+    points, labels = pad_points(points, labels, c.max_num_points)
+    image, hyper, iou = self.mask_decoder.decode_tokens(
+        context, self.prompt_encoder(points, labels), multimask_output)
+    return {"image": image, "hyper": hyper}, iou
+
+  def mask_logits(self, state: dict):
+    """Low-res logits (B, Q, M, 4g, 4g) from `predict_tokens`' state."""
+    g = self.config.grid
+    return self.mask_decoder.mask_logits(state["image"], state["hyper"], (g, g))
 
   def __call__(self, images, points, labels, scale_to_original_image_size: bool = True):
     """The released `forward`: (B, H, W, 3) images in [0, 1], (B, Q, N, 2) points,

@@ -322,9 +322,9 @@ class TwoWayAttentionBlock(nn.Module):
 class TwoWayTransformer(nn.Module):
   """`depth` two-way blocks, then a final token-to-image attention and LayerNorm.
 
-  Called with a context from `image_context` (or {"image": per-query images (B, Q, N, C),
-  "image_pe": (h, w, C)}), tokens (B, Q, T, C) (also their positional encoding) and
-  token_mask None or (B, Q, T) bool. Returns (tokens (B, Q, T, C), image (B, Q, N, C)).
+  Called with a context from `image_context` (the image shared by the Q queries of each batch
+  entry), tokens (B, Q, T, C) (also their positional encoding) and token_mask None or
+  (B, Q, T) bool. Returns (tokens (B, Q, T, C), image (B, Q, N, C)).
   """
   embedding_dim: int = 256
   depth: int = 2
@@ -337,10 +337,12 @@ class TwoWayTransformer(nn.Module):
   naming: str = "efficientsam"
   ln_eps: float = 1e-5
   dtype: Any = F32
+  remat: bool = False  # recompute each block in the backward pass
 
   def setup(self):
+    block = nn.remat(TwoWayAttentionBlock) if self.remat else TwoWayAttentionBlock
     self.layers = [
-        TwoWayAttentionBlock(
+        block(
             self.embedding_dim, self.num_heads, self.mlp_dim, self.downsample_rate,
             skip_first_layer_pe=(i == 0),
             layer0_self_attn_residual=self.layer0_self_attn_residual,
@@ -359,15 +361,19 @@ class TwoWayTransformer(nn.Module):
     return {"image": image, "image_pe": image_pe,
             **self.layers[0].image_context(image, pe)}
 
-  def __call__(self, context, tokens, token_mask=None):
+  def __call__(self, context, tokens, token_mask=None, outputs: tuple[int, ...] | None = None):
+    """`outputs`: indices of the tokens to return (default all). The final attention treats
+    every token on its own, so it runs for those only (the decoder needs the IoU token and the
+    mask tokens it returns, not the prompt tokens)."""
     tokens = tokens.astype(F32)
     image_pe = context["image_pe"]
     pe = image_pe.reshape(-1, image_pe.shape[-1]).astype(F32)
     queries, keys = tokens, context["image"]
-    shared = "k0" in context
     for i, layer in enumerate(self.layers):
-      queries, keys = layer(queries, keys, tokens, pe, token_mask,
-                            context if (i == 0 and shared) else None)
+      queries, keys = layer(queries, keys, tokens, pe, token_mask, context if i == 0 else None)
+    if outputs is not None:
+      ids = jnp.asarray(outputs)
+      queries, tokens = queries[:, :, ids], tokens[:, :, ids]
     queries = queries + self.final_attn_token_to_image.token_to_image(queries + tokens, keys,
                                                                       pe)
     return self.norm_final_attn(queries), keys
@@ -419,6 +425,8 @@ class MaskDecoder(nn.Module):
     upscaling_dims: channels after each 2x transposed-conv upscaling (64, 32).
     iou_head_depth: layers of the IoU MLP counting its `fc` (3).
     dtype: compute dtype (parameters stay float32; outputs are float32).
+    remat: recompute the transformer blocks and the mask upscaling in the backward pass
+      instead of storing their per-query activations (training memory; same values).
 
   Two ways in: `__call__` (everything), or `image_context` once per image and `decode` for
   any number of query batches against it (the Predictor does that).
@@ -437,6 +445,7 @@ class MaskDecoder(nn.Module):
   upscale_norm: str = "group"
   naming: str = "efficientsam"
   dtype: Any = F32
+  remat: bool = False
 
   @property
   def num_mask_tokens(self) -> int:
@@ -451,7 +460,7 @@ class MaskDecoder(nn.Module):
         c, self.depth, self.num_heads, self.mlp_dim,
         layer0_self_attn_residual=self.layer0_self_attn_residual,
         add_pe_to_queries_in_place=self.add_pe_to_queries_in_place,
-        activation=self.activation, naming=self.naming, dtype=dt)
+        activation=self.activation, naming=self.naming, dtype=dt, remat=self.remat)
     steps = []  # (conv, norm or None) per upscaling step
     for i, dim in enumerate(self.upscaling_dims):
       norm = self._upscale_norm() if i < len(self.upscaling_dims) - 1 else None
@@ -518,19 +527,38 @@ class MaskDecoder(nn.Module):
     dense = dense_prompt_embeddings
     if dense is None or dense.ndim == 3:
       context = self.image_context(image_embeddings, image_pe, dense)
-    else:
-      b, h, w, c = image_embeddings.shape
-      q = sparse_prompt_embeddings.shape[1]
-      image = (image_embeddings.reshape(b, 1, h * w, c).astype(F32)
-               + dense.reshape(b, q, h * w, c))
-      context = {"image": image, "image_pe": image_pe}
-    return self.decode(context, sparse_prompt_embeddings, multimask_output, token_mask)
+      return self.decode(context, sparse_prompt_embeddings, multimask_output, token_mask)
+    # A dense prompt per query (SAM's mask input): every query has its own image, decoded as
+    # B * Q images of one query each.
+    b, h, w, c = image_embeddings.shape
+    q, n = sparse_prompt_embeddings.shape[1:3]
+    image = (image_embeddings.reshape(b, 1, h * w, c).astype(F32)
+             + dense.reshape(b, q, h * w, c)).reshape(b * q, h * w, c)
+    context = self.transformer.image_context(image, image_pe)
+    masks, iou = self.decode(context, sparse_prompt_embeddings.reshape(b * q, 1, n, c),
+                             multimask_output,
+                             None if token_mask is None else token_mask.reshape(b * q, 1, n))
+    return masks.reshape((b, q) + masks.shape[2:]), iou.reshape(b, q, -1)
 
   def decode(self, context: dict, sparse_prompt_embeddings, multimask_output: bool = True,
              token_mask=None):
     """Queries (B, Q, N, C) against a context from `image_context` -> as `__call__`."""
-    b, q, n, c = sparse_prompt_embeddings.shape
+    image, hyper, iou = self.decode_tokens(context, sparse_prompt_embeddings,
+                                           multimask_output, token_mask)
     h, w = context["image_pe"].shape[:2]
+    mask_logits = lambda mdl, image, hyper: mdl.mask_logits(image, hyper, (h, w))
+    if self.remat:  # recomputed in the backward pass: its per-query tensors are the largest
+      mask_logits = nn.remat(mask_logits)
+    return mask_logits(self, image, hyper), iou
+
+  def decode_tokens(self, context: dict, sparse_prompt_embeddings,
+                    multimask_output: bool = True, token_mask=None):
+    """The two-way transformer and the heads on its tokens, without the mask upscaling.
+
+    Returns each query's image tokens (B, Q, N, C), the hypernetwork outputs (B, Q, M, C')
+    of the returned masks and their IoU predictions (B, Q, M); `mask_logits` finishes.
+    """
+    b, q, n, c = sparse_prompt_embeddings.shape
     output_tokens = jnp.concatenate([self.iou_token.embedding, self.mask_tokens.embedding])
     tokens = jnp.concatenate([
         jnp.broadcast_to(output_tokens, (b, q) + output_tokens.shape),
@@ -538,17 +566,25 @@ class MaskDecoder(nn.Module):
     if token_mask is not None:  # the iou and mask tokens always take part
       token_mask = jnp.concatenate([jnp.ones((b, q, output_tokens.shape[0]), bool),
                                     token_mask.astype(bool)], axis=2)
-    hs, image = self.transformer(context, tokens, token_mask)
-
     multi = multimask_output and self.num_multimask_outputs > 1
     keep = range(1, self.num_mask_tokens) if multi else range(1)
     # Only the mask tokens that are returned are decoded (all of them while initialising, so
-    # that every parameter exists).
+    # that every parameter exists): the IoU token and those leave the transformer.
     hyper_ids = range(self.num_mask_tokens) if self.is_initializing() else keep
-    hyper = jnp.stack([self.output_hypernetworks_mlps[i](hs[:, :, 1 + i])
-                       for i in hyper_ids], axis=2)  # (B, Q, M, C')
+    hs, image = self.transformer(context, tokens, token_mask,
+                                 outputs=(0,) + tuple(1 + i for i in hyper_ids))
+    hyper = jnp.stack([self.output_hypernetworks_mlps[i](hs[:, :, 1 + j])
+                       for j, i in enumerate(hyper_ids)], axis=2)  # (B, Q, M, C')
     if self.is_initializing():
       hyper = hyper[:, :, keep.start:keep.stop]
+    iou = self.iou_prediction_head(hs[:, :, 0])[:, :, keep.start:keep.stop]
+    return image, hyper, iou
+
+  def mask_logits(self, image, hyper, grid_hw: tuple[int, int]):
+    """Each query's image tokens (B, Q, h*w, C) upscaled and projected on its hypernetwork
+    outputs (B, Q, M, C') -> mask logits (B, Q, M, 4h, 4w) float32."""
+    b, q, _, c = image.shape
+    h, w = grid_hw
     upscaled = self._upscale(image.reshape(b * q, h, w, c))  # (BQ, h, w, [2, 2] * steps, C')
     # (BQ, pixels, C') @ (BQ, C', M): the few mask channels are the minor axis of the result,
     # so only those (not the C' upscaled channels) are moved into image order.
@@ -558,9 +594,7 @@ class MaskDecoder(nn.Module):
     masks = jnp.moveaxis(masks, -1, 1)
     masks = interleave_subpixels(masks.reshape((b * q * m,) + masks.shape[2:]),
                                  len(self.upscaling_dims))
-    masks = masks.reshape((b, q, m) + masks.shape[1:])
-    iou = self.iou_prediction_head(hs[:, :, 0])[:, :, keep.start:keep.stop]
-    return masks, iou
+    return masks.reshape((b, q, m) + masks.shape[1:])
 
   def _upscale(self, x):
     """(BQ, h, w, C) -> (BQ, h, w, [2, 2] * steps, upscaling_dims[-1]) in sub-pixel layout."""

@@ -191,6 +191,21 @@ class Sam(nn.Module):
     return self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse,
                              multimask_output, dense, token_mask)
 
+  def predict_tokens(self, context: dict, points, labels, input_hw, resized,
+                     multimask_output: bool = True):
+    """`predict_masks` (no mask input) up to the mask upscaling: -> (state, iou (B, Q, M));
+    `mask_logits(state)` gives the low-res logits."""
+    points = rescale_points(points, input_hw, resized)
+    sparse, token_mask = self.prompt_encoder(points, labels)
+    image, hyper, iou = self.mask_decoder.decode_tokens(context, sparse, multimask_output,
+                                                        token_mask)
+    return {"image": image, "hyper": hyper}, iou
+
+  def mask_logits(self, state: dict):
+    """Low-res logits (B, Q, M, 4g, 4g) from `predict_tokens`' state."""
+    g = self.config.grid
+    return self.mask_decoder.mask_logits(state["image"], state["hyper"], (g, g))
+
   def __call__(self, images, points, labels, mask_input=None, multimask_output: bool = True):
     """(B, H, W, 3) images in 0..255, (B, Q, N, 2) points, (B, Q, N) labels -> logits
     (B, Q, M, H, W) at the original size and iou (B, Q, M)."""
