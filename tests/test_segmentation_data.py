@@ -48,6 +48,22 @@ def test_rle_and_polygons_decode_like_pycocotools():
       _square(5, 0, 8, SIZE))
 
 
+def test_demo_shapes_are_few_large_and_do_not_overlap():
+  # The finetuning demo's difficulty rests on these: at 96 px a ViT sees 6 x 6 tokens, so a
+  # mask must cover several of them (an SA-1B mask covers hundreds of 64 x 64 at 1024 px).
+  counts, areas = [], []
+  for index in range(30):
+    image, masks = demo_sa1b.demo_sample(0, index, 96)
+    assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+    assert len(masks) <= demo_sa1b.MAX_SHAPES
+    assert np.sum(masks, axis=0).max(initial=0) <= 1  # visible parts are disjoint
+    counts.append(len(masks))
+    areas += [m.mean() for m in masks]
+  assert min(areas) >= demo_sa1b.MIN_AREA_FRACTION
+  assert np.mean(counts) >= 2.0
+  assert 0.08 <= np.median(areas) <= 0.2, np.median(areas)  # 3-7 of the 36 tokens
+
+
 def test_bilinear_resize_matches_the_torch_matrices():
   from efficientsam_jax import resize
   image = np.random.default_rng(0).uniform(0, 255, (37, 53, 3)).astype(np.float32)

@@ -9,25 +9,44 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from efficientsam_jax.data import demo_images
 from efficientsam_jax.data import segmentation
 
-MIN_AREA_FRACTION = 0.008  # visible parts smaller than this are not annotated
+# Shapes are few and large: at the demo's 96 px a ViT sees 6 x 6 tokens, and a mask should
+# cover several of them, as an SA-1B mask covers hundreds of a 64 x 64 grid at 1024 px.
+MIN_SHAPES, MAX_SHAPES = 2, 4
+SCALE_RANGE = (0.4, 0.8)  # half-extent of a shape, as a fraction of half the image side
+MIN_AREA_FRACTION = 0.02  # visible parts smaller than this are not annotated
 
 
-def _polygon_mask(rng, size: int) -> np.ndarray:
-  """A random star-shaped polygon (5-9 vertices), rasterised: bool (size, size)."""
+def _frame(rng, yy, xx, scale: float):
+  """Coordinates of a random frame (centre, rotation) in units of `scale`: two (H, W) arrays."""
+  cy, cx = rng.uniform(-0.6, 0.6, size=2)
+  angle = rng.uniform(0, np.pi)
+  dy, dx = yy - cy, xx - cx
+  u = np.cos(angle) * dx + np.sin(angle) * dy
+  v = -np.sin(angle) * dx + np.cos(angle) * dy
+  return u / scale, v / scale
+
+
+def _shape_mask(rng, yy, xx, kind: int) -> np.ndarray:
+  """An ellipse (0), rectangle (1) or star-shaped polygon (2, 5-9 vertices): bool (H, W)."""
+  u, v = _frame(rng, yy, xx, rng.uniform(*SCALE_RANGE))
+  if kind == 0:
+    a, b = rng.uniform(0.5, 1.0, size=2)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+  if kind == 1:
+    a, b = rng.uniform(0.4, 0.9, size=2)
+    return (np.abs(u) <= a) & (np.abs(v) <= b)
   n = int(rng.integers(5, 10))
-  centre = rng.uniform(0.2, 0.8, size=2) * size
-  angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
-  radii = rng.uniform(0.08, 0.3, size=n) * size
-  xy = centre + np.stack([np.cos(angles), np.sin(angles)], -1) * radii[:, None]
-  canvas = Image.new("L", (size, size), 0)
-  ImageDraw.Draw(canvas).polygon([tuple(p) for p in xy], fill=1)
-  return np.asarray(canvas, bool)
+  vertex_angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
+  vertex_radii = rng.uniform(0.45, 1.0, size=n)
+  # The boundary radius at each pixel's angle, linear between the vertices' radii (periodic).
+  angle = np.arctan2(v, u) % (2 * np.pi)
+  radius = np.interp(angle, vertex_angles, vertex_radii, period=2 * np.pi)
+  return np.hypot(u, v) <= radius
 
 
 def _textured_background(rng, yy, xx, size: int) -> np.ndarray:
@@ -47,14 +66,8 @@ def demo_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, list[np.n
   yy, xx = np.meshgrid(coords, coords, indexing="ij")
   image = _textured_background(rng, yy, xx, size)
   shapes = []
-  for _ in range(int(rng.integers(4, 9))):
-    kind = int(rng.integers(3))
-    if kind == 0:
-      mask = demo_images._ellipse_mask(rng, yy, xx)  # pylint: disable=protected-access
-    elif kind == 1:
-      mask = demo_images._rectangle_mask(rng, yy, xx)  # pylint: disable=protected-access
-    else:
-      mask = _polygon_mask(rng, size)
+  for _ in range(int(rng.integers(MIN_SHAPES, MAX_SHAPES + 1))):
+    mask = _shape_mask(rng, yy, xx, int(rng.integers(3)))
     colour = rng.uniform(0, 1, size=3)
     # A mild shading inside the shape keeps colour alone from giving the mask away.
     shade = 0.15 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))
@@ -89,6 +102,15 @@ def annotation_record(image_id: int, file_name: str, masks: list[np.ndarray],
                     "file_name": file_name}, "annotations": anns}
 
 
+def _write_atomically(path: str, data: bytes) -> None:
+  """Writes `path` through a temporary name and a rename, so that a reader (another process
+  of the same job writing the same bytes) never sees a truncated file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
 def write_split(directory: str, seed: int, first: int, count: int, size: int) -> None:
   """Writes samples first .. first+count-1 as sa_N.jpg + sa_N.json into `directory`."""
   os.makedirs(directory, exist_ok=True)
@@ -96,17 +118,17 @@ def write_split(directory: str, seed: int, first: int, count: int, size: int) ->
     image, masks = demo_sample(seed, index, size)
     name = f"sa_{index}"
     record = annotation_record(index, name + ".jpg", masks, np.random.default_rng(index))
-    with open(os.path.join(directory, name + ".jpg"), "wb") as f:
-      f.write(segmentation.encode_jpeg(image))
-    with open(os.path.join(directory, name + ".json"), "w") as f:
-      json.dump(record, f)
+    _write_atomically(os.path.join(directory, name + ".jpg"), segmentation.encode_jpeg(image))
+    _write_atomically(os.path.join(directory, name + ".json"), json.dumps(record).encode())
 
 
 def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
                         seed: int = 0) -> tuple[str, str, str]:
   """Writes (once) root/train, root/val in the SA-1B layout and root/val/instances.json (COCO,
   for `evaluate`). Returns (train dir, val dir, val COCO json). A `done` marker written last
-  means a run killed mid-write rewrites the set instead of training on half of it."""
+  means a run killed mid-write rewrites the set instead of training on half of it. Every
+  file is replaced atomically: the processes of one job all write the same bytes here, and
+  one may read a file while another rewrites it."""
   train, val = os.path.join(root, "train"), os.path.join(root, "val")
   coco_json = os.path.join(val, "instances.json")
   marker = os.path.join(root, "done")
@@ -118,8 +140,6 @@ def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
   write_split(train, seed, 0, num_train, size)
   # Held-out images: indices after the training ones, never trained on.
   write_split(val, seed, num_train, num_val, size)
-  with open(coco_json, "w") as f:
-    json.dump(segmentation.sa1b_to_coco(val), f)
-  with open(marker, "w") as f:
-    f.write(expected + "\n")
+  _write_atomically(coco_json, json.dumps(segmentation.sa1b_to_coco(val)).encode())
+  _write_atomically(marker, (expected + "\n").encode())
   return train, val, coco_json
