@@ -31,7 +31,8 @@ setuptools.setup(
         # The notebook (notebooks/efficientsam_jax.ipynb) draws with matplotlib; its test runs
         # it in a Jupyter kernel. Never a training dependency.
         "notebook": ["matplotlib"],
-        "test": ["pytest>=8", "torch", "segment-anything==1.0", "nbclient", "nbformat",
-                 "ipykernel", "matplotlib"],
+        # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests.
+        "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
+                 "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
 )

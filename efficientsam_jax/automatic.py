@@ -120,10 +120,9 @@ def _candidates(predictor, image: np.ndarray, config: EverythingConfig) -> dict:
   height, width = image.shape[:2]
   predictor.set_image(image)
   grid = point_grid(config.points_per_side, height, width)
-  max_points = predictor.config.max_num_points
-  points = np.full((len(grid), max_points, 2), -1.0, np.float32)
-  labels = np.full((len(grid), max_points), pe.LABEL_PADDING, np.float32)
-  points[:, 0], labels[:, 0] = grid, pe.LABEL_POSITIVE
+  # One point per query: the model pads it as it needs (EfficientSAM computes its 5 padding
+  # tokens as one, so the shortest array is the cheapest).
+  points, labels = grid[:, None], np.full((len(grid), 1), pe.LABEL_POSITIVE, np.float32)
   min_iou = config.pred_iou_thresh if config.skip_low_iou_upscaling else None
   out = predictor.predict_arrays(points, labels, full_resolution=False, min_iou=min_iou)
   low, iou = out["low_res_logits"], out["iou"]  # (P, 3, h, w), (P, 3)

@@ -245,12 +245,14 @@ class Predictor:
                query_chunk=query_chunk)
 
   def max_points(self, queries: list) -> int:
-    """Prompt length for these queries: EfficientSAM always takes 6; SAM takes every point
-    and box corner (at least 6, so that most prompt sets share one compiled shape)."""
-    if not self.is_sam:
-      return self.config.max_num_points
+    """Prompt length for these queries. EfficientSAM: 2 when every query is one box or at
+    most 2 points, else 6 (the model pads to 6 itself, computing the padding as one token:
+    shorter arrays are cheaper, two lengths keep compilations few). SAM: every point and box
+    corner (at least 6, so that most prompt sets share one compiled shape)."""
     length = lambda q: len(q.get("points", ())) + 2 * ("box" in q) if isinstance(q, dict) else 0
     longest = max(map(length, queries), default=0)
+    if not self.is_sam:
+      return 2 if longest <= 2 else self.config.max_num_points
     return max(self.config.max_num_points, longest)
 
   def set_image(self, image: np.ndarray) -> None:

@@ -112,6 +112,12 @@ def build_sam(modeling, image_encoder):
   return model.eval()
 
 
+def seed_torch(seed: int = 0):
+  require_module("torch")
+  import torch
+  torch.manual_seed(seed)
+
+
 def perturb(model, generator, scale=0.1):
   """Moves every parameter and float buffer off its initial value (so LayerNorms, biases, BN
   statistics, embeddings all matter); BN variances stay positive."""

@@ -66,6 +66,25 @@ def test_low_res_logits_and_iou(decoded, golden):
   assert np.abs(iou - golden["iou_predictions"]).max() < 1e-5
 
 
+def test_release_padding_computed_as_one_token(model_and_params, golden, embeddings):
+  """The golden prompts have 2 points; the release pads them to 6 with identical tokens,
+  which predict_masks computes as one token counted 4 times. Padding them ourselves (no
+  counting) must give the same outputs: both against the release's."""
+  model, params = model_and_params
+  hw = golden["image_uint8"].shape[:2]
+  points, labels = es.pad_points(golden["points"], golden["labels"], 6)
+  assert points.shape == (1, 3, 6, 2)
+  low, iou = jax.jit(lambda p, e, pts, lbl: model.apply(
+      {"params": p}, e, pts, lbl, hw, None, method=es.EfficientSam.predict_masks))(
+          params, embeddings, points, labels)
+  assert np.abs(np.asarray(low) - golden["low_res_logits"]).max() < 1e-4
+  assert np.abs(np.asarray(iou) - golden["iou_predictions"]).max() < 1e-5
+  sparse, count = model.apply({"params": params}, golden["points"], golden["labels"], hw,
+                              method=es.EfficientSam.prompt_tokens)
+  assert sparse.shape == (1, 3, 3, 256)
+  np.testing.assert_array_equal(count, [[[1, 1, 4]] * 3])
+
+
 def test_full_resolution(decoded, golden):
   h, w = golden["image_uint8"].shape[:2]
   full = np.asarray(es.upscale_logits(jnp.asarray(decoded[0]), h, w))

@@ -59,9 +59,12 @@ def test_fixture_queries(predictor, golden, fixture_queries):
   points, labels = predict.queries_to_arrays(fixture_queries, 6)
   out = predictor.predict_arrays(points, labels)
   _check_against_golden(out, golden)
-  # Same through the array API with the fixture's own padded arrays.
-  again = predictor.predict(golden["points"][0], golden["labels"][0], full_resolution=False)
-  np.testing.assert_array_equal(again["low_res_logits"], out["low_res_logits"])
+  # Same through predict with the fixture's own 2-point arrays: the model pads them to 6 as
+  # one padding token counted 4 times (above: 6 slots, padded explicitly), so equal to float32
+  # rounding, not bit for bit.
+  again = predictor.predict(golden["points"][0], golden["labels"][0])
+  _check_against_golden(again, golden)
+  np.testing.assert_allclose(again["low_res_logits"], out["low_res_logits"], rtol=0, atol=1e-4)
 
 
 def test_64_boxes_in_one_call(predictor, golden):

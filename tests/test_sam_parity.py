@@ -23,6 +23,9 @@ CONFIG = sam.SamConfig.from_name("sam_vit_b", encoder_overrides=SHALLOW)
 def _pair():
   """(torch Sam, our params): the same random weights."""
   import torch
+  # torch initialises modules from its global generator: seeded, every run checks the same
+  # reference (the tolerances hold with margin for this draw, not proven for every draw).
+  ref.seed_torch()
   modeling = ref.segment_anything_modeling()
   encoder = modeling.ImageEncoderViT(
       img_size=1024, patch_size=16, embed_dim=768, depth=2, num_heads=12, mlp_ratio=4,
@@ -77,8 +80,12 @@ def test_points_boxes_and_mask_input_match(multimask):
   model, params = _pair()
   image, size, want_emb, _ = _image_case()
   original = image.shape[:2]
-  rng = np.random.default_rng(1)
-  mask = rng.standard_normal((256, 256)).astype(np.float32) * 5
+  # The mask input is what SAM's interactive loop feeds back: the reference's own low-res
+  # logits for a box. (White noise as mask input puts some pixels' 4-channel LayerNorm in
+  # the mask downscaling near zero variance, 0.007 against a median of 4: the dense prompt
+  # then differs by 1.3e-4 at that one pixel, 6e-8 elsewhere: conditioning, not a mismatch.)
+  mask = _torch_decode(model, want_emb, None, None, [40.0, 30.0, 380.0, 270.0], None, False,
+                       original, size)[0][0]
   queries = [  # (points, labels, box, mask)
       (np.array([[120.0, 80.0], [300.0, 200.0], [50.5, 250.25]]), [1, 0, 1], None, None),
       (None, None, [40.0, 30.0, 380.0, 270.0], None),
@@ -112,7 +119,8 @@ def test_points_boxes_and_mask_input_match(multimask):
                                                   original, size)
     d_low, d_iou = np.abs(low[i] - want_low).max(), np.abs(iou[i] - want_iou).max()
     d_full = np.abs(full[i] - want_full).max()
-    print(f"query {i}: low-res {d_low:.2e}, iou {d_iou:.2e}, full-res {d_full:.2e}")
+    print(f"query {i}: low-res {d_low:.2e}, iou {d_iou:.2e}, full-res {d_full:.2e}, "
+          f"largest logit {np.abs(want_low).max():.1f}")
     assert d_low < 1e-4 and d_iou < 1e-5 and d_full < 1e-4, i
 
 

@@ -9,7 +9,8 @@ The released `forward` (reproduced by `__call__`):
   1. resize the image to image_size x image_size (torch bilinear, aspect ratio not kept),
      normalise with the ImageNet mean/std, encode;
   2. rescale points per axis by image_size/W, image_size/H (coordinates < 0 stay -1), pad each
-     query with (-1, -1)/label -1 to exactly `max_num_points` points or cut it there;
+     query with (-1, -1)/label -1 to exactly `max_num_points` points or cut it there (the
+     identical padding tokens are computed as one, counted that many times: `prompt_tokens`);
   3. decode every query (multimask): low-res logits (B, Q, 3, 4g, 4g) and IoU (B, Q, 3);
   4. resize the logits to the original H x W with torch bicubic.
 
@@ -163,6 +164,30 @@ class EfficientSam(nn.Module):
     once per image; pass it to `predict_masks(context=...)`."""
     return self.mask_decoder.image_context(image_embeddings, self.prompt_encoder.dense_pe())
 
+  def prompt_tokens(self, points, labels, input_hw):
+    """(..., N, 2) points in original-image pixels, (..., N) labels -> the prompt tokens of
+    the release's padded prompt (..., T, C) and how many tokens each one stands for,
+    (..., T) float32, or None when every token counts once.
+
+    The release pads every query with (-1, -1)/label -1 to `max_num_points` points. Those
+    padding tokens are identical, and identical tokens stay identical through the decoder
+    (each token's update depends only on itself and on what it attends to), so k of them
+    act as one token counted k times in every softmax over tokens. A query given with
+    N < max_num_points points therefore gets one padding token of count max_num_points - N
+    instead of that many copies: the same function (to float32 rounding) with fewer tokens,
+    which is what the decoder's per-query work scales with (a single point: 7 tokens, not
+    11). N >= max_num_points is cut to max_num_points as in the release.
+    """
+    c = self.config
+    points = rescale_points(points, input_hw, c.image_size)
+    n = points.shape[-2]
+    if n >= c.max_num_points:
+      points, labels = pad_points(points, labels, c.max_num_points)
+      return self.prompt_encoder(points, labels), None
+    points, labels = pad_points(points, labels, n + 1)
+    count = jnp.ones(labels.shape, jnp.float32).at[..., -1].set(c.max_num_points - n)
+    return self.prompt_encoder(points, labels), count
+
   def predict_masks(self, image_embeddings, points, labels, input_hw: tuple[int, int],
                     output_hw: tuple[int, int] | None = None, multimask_output: bool = True,
                     context: dict | None = None):
@@ -179,13 +204,10 @@ class EfficientSam(nn.Module):
     Returns:
       logits (B, Q, M, 4g, 4g) or (B, Q, M, *output_hw), iou (B, Q, M); M = 3 or 1; float32.
     """
-    c = self.config
-    points = rescale_points(points, input_hw, c.image_size)
-    points, labels = pad_points(points, labels, c.max_num_points)
-    sparse = self.prompt_encoder(points, labels)
+    sparse, token_count = self.prompt_tokens(points, labels, input_hw)
     if context is None:
       context = self.decoder_context(image_embeddings)
-    logits, iou = self.mask_decoder.decode(context, sparse, multimask_output)
+    logits, iou = self.mask_decoder.decode(context, sparse, multimask_output, token_count)
     if output_hw is not None:
       logits = upscale_logits(logits, *output_hw)
     return logits, iou
@@ -195,11 +217,9 @@ class EfficientSam(nn.Module):
     """`predict_masks` up to the mask upscaling: -> (state, iou (B, Q, M)); `mask_logits`
     (state) gives the low-res logits. Lets a caller skip the upscaling of queries it will
     drop on their predicted IoU (segment everything)."""
-    c = self.config
-    points = rescale_points(points, input_hw, c.image_size)
-    points, labels = pad_points(points, labels, c.max_num_points)
-    image, hyper, iou = self.mask_decoder.decode_tokens(
-        context, self.prompt_encoder(points, labels), multimask_output)
+    sparse, token_count = self.prompt_tokens(points, labels, input_hw)
+    image, hyper, iou = self.mask_decoder.decode_tokens(context, sparse, multimask_output,
+                                                        token_count)
     return {"image": image, "hyper": hyper}, iou
 
   def mask_logits(self, state: dict):

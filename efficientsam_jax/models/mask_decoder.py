@@ -19,7 +19,9 @@ EfficientSAM's, so that SAM's decoder can be built from the same modules:
 SAM also adds a dense prompt embedding (mask input, or the learned no-mask vector) to the
 image embedding, and its prompts have a variable number of tokens; here queries are padded to
 one length and `token_mask` keeps the padding tokens out of every attention, which is exactly
-the same as not having them (attention is permutation-invariant over its keys).
+the same as not having them (attention is permutation-invariant over its keys). EfficientSAM's
+padding tokens do take part; a float `token_mask` counts one token as several identical ones
+(efficient_sam.EfficientSam.prompt_tokens).
 
 How it is computed (the same function as the releases, rearranged for speed; equal to float32
 rounding). The decoder runs once per query against that query's own copy of the h*w image
@@ -84,8 +86,17 @@ def _softmax(logits, axis=-1):
   return weights / jnp.sum(weights, axis=axis, keepdims=True)
 
 
-def _mask_logits(logits, mask):
-  return logits if mask is None else jnp.where(mask, logits, jnp.finfo(F32).min)
+def _mask_logits(logits, token_mask):
+  """Logits over tokens for a softmax. token_mask: None, bool (False: a padding token that
+  takes no part) or float, how many identical tokens each one stands for (0: none), which
+  multiplies its softmax weight: its logit gains log(count)."""
+  if token_mask is None:
+    return logits
+  if token_mask.dtype == jnp.bool_:
+    return jnp.where(token_mask, logits, jnp.finfo(F32).min)
+  count = token_mask.astype(F32)
+  return jnp.where(count > 0, logits.astype(F32) + jnp.log(jnp.maximum(count, 1e-30)),
+                   jnp.finfo(F32).min)
 
 
 class MLPBlock(nn.Module):
@@ -520,7 +531,8 @@ class MaskDecoder(nn.Module):
       dense_prompt_embeddings: None (EfficientSAM), (h, w, C) the same for every query (SAM's
         no-mask embedding) or (B, Q, h, w, C) per query (a mask input), added to the image
         embedding (SAM).
-      token_mask: None or (B, Q, N) bool; False marks padding prompt tokens.
+      token_mask: None or (B, Q, N): bool, False marks padding prompt tokens; or float, how
+        many identical prompt tokens each stands for (`_mask_logits`).
     Returns:
       masks (B, Q, M, 4h, 4w) float32 logits and iou (B, Q, M), M = 3 or 1.
     """
@@ -563,9 +575,10 @@ class MaskDecoder(nn.Module):
     tokens = jnp.concatenate([
         jnp.broadcast_to(output_tokens, (b, q) + output_tokens.shape),
         sparse_prompt_embeddings], axis=2)
-    if token_mask is not None:  # the iou and mask tokens always take part
-      token_mask = jnp.concatenate([jnp.ones((b, q, output_tokens.shape[0]), bool),
-                                    token_mask.astype(bool)], axis=2)
+    if token_mask is not None:  # the iou and mask tokens always take part, once
+      dtype = bool if token_mask.dtype == jnp.bool_ else F32
+      token_mask = jnp.concatenate([jnp.ones((b, q, output_tokens.shape[0]), dtype),
+                                    token_mask.astype(dtype)], axis=2)
     multi = multimask_output and self.num_multimask_outputs > 1
     keep = range(1, self.num_mask_tokens) if multi else range(1)
     # Only the mask tokens that are returned are decoded (all of them while initialising, so
