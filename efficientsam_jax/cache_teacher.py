@@ -83,6 +83,7 @@ def main(argv):
   from efficientsam_jax import data, runtime
   from efficientsam_jax.errors import UserError
 
+  runtime.keep_freed_host_memory()
   try:
     runtime.initialize_distributed(flags.FLAGS.num_processes, flags.FLAGS.process_id)
     stats = run(flags.FLAGS.config, flags.FLAGS.output, flags.FLAGS.batch_size,

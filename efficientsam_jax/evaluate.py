@@ -29,7 +29,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from efficientsam_jax import model_files, predict
+from efficientsam_jax import model_files, predict, runtime
 from efficientsam_jax.data import segmentation
 from efficientsam_jax.data.sources import DataError
 
@@ -217,6 +217,7 @@ def main(argv):
   missing = [n for n in ("checkpoint", "images", "annotations") if not FLAGS[n].value]
   if missing:
     _fail(f"missing --{', --'.join(missing)} (see --help)")
+  runtime.keep_freed_host_memory()
   try:
     result = run(FLAGS.checkpoint, FLAGS.images, FLAGS.annotations, FLAGS.prompt,
                  FLAGS.detections, FLAGS.model, FLAGS.seed)

@@ -25,6 +25,7 @@ def main(argv):
   from efficientsam_jax import data, runtime, trainers
   from efficientsam_jax.errors import UserError
 
+  runtime.keep_freed_host_memory()
   try:
     runtime.initialize_distributed(flags.FLAGS.num_processes, flags.FLAGS.process_id)
   except UserError as e:

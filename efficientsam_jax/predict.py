@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from efficientsam_jax import model_files
+from efficientsam_jax import model_files, runtime
 from efficientsam_jax.models import efficient_sam as es
 from efficientsam_jax.models import precision
 from efficientsam_jax.models import prompt_encoder as pe
@@ -506,6 +506,7 @@ def main(argv):
   missing = [n for n in required if not FLAGS[n].value]
   if missing:
     _fail(f"missing --{', --'.join(missing)} (see --help)")
+  runtime.keep_freed_host_memory()
   if FLAGS.everything:
     from efficientsam_jax import automatic
     try:

@@ -2,6 +2,7 @@
 random moments, elastic restore, non-finite guards, compile-ahead."""
 import json
 import os
+import platform
 import random
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from efficientsam_jax import runtime
 from sami_runs import REPO, checkpoint_steps, env, losses, popen, run
 
 
@@ -156,3 +158,12 @@ def test_compile_only_reports_per_device_memory_without_weights_or_data(tmp_path
   assert report["argument_size_in_bytes"] > 0 and report["temp_size_in_bytes"] > 0
   assert report["flops_per_step_per_device"] > 0
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_keep_freed_host_memory_applies_unless_the_user_chose(monkeypatch):
+  monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+  assert runtime.keep_freed_host_memory() is False  # the user's glibc settings win
+  monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+  monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+  glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+  assert runtime.keep_freed_host_memory() is glibc

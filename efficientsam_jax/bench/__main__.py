@@ -47,6 +47,9 @@ flags.DEFINE_integer("data_batches", 5, "Batches drawn to time the input pipelin
 flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul that measures the peak.")
 config_flags.DEFINE_config_file("config", None, "SAMI config file[:variant] (train suite).",
                                 lock_config=True)
+flags.DEFINE_bool("keep_host_memory", True, "Keep freed host memory for reuse (runtime."
+                  "keep_freed_host_memory, as every entry point does); --nokeep_host_memory "
+                  "measures glibc's defaults.")
 
 
 def _fail(message: str):
@@ -61,11 +64,12 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   # Imported after flag parsing, so --help stays fast.
-  from efficientsam_jax import data, model_files
+  from efficientsam_jax import data, model_files, runtime
   from efficientsam_jax.bench import records
   from efficientsam_jax.errors import UserError
   from efficientsam_jax.models import efficient_sam as es
 
+  kept = FLAGS.keep_host_memory and runtime.keep_freed_host_memory()
   if FLAGS.image_size <= 0 or FLAGS.image_size % 16:
     _fail(f"--image-size must be a positive multiple of 16, got {FLAGS.image_size}")
   if FLAGS.repeats < 1:
@@ -77,7 +81,8 @@ def main(argv):
     if FLAGS.query_chunk is not None and FLAGS.query_chunk < 1:
       _fail("--query-chunk must be at least 1")
     emitter = records.Emitter(suite="inference", model=FLAGS.model,
-                              image_size=FLAGS.image_size, batch=1, dtype=FLAGS.dtype)
+                              image_size=FLAGS.image_size, batch=1, dtype=FLAGS.dtype,
+                              host_memory_kept=kept)
     hw = (FLAGS.input_height or FLAGS.image_size, FLAGS.input_width or FLAGS.image_size)
     try:
       inference.run(emitter, FLAGS.model, FLAGS.image_size, FLAGS.checkpoint, FLAGS.repeats,
@@ -91,7 +96,7 @@ def main(argv):
         torch_reference.sam_image_encoder_class()
       except ImportError as e:
         _fail(f"--compare-torch needs torch and segment_anything ({e})")
-      torch_compare.run(records.Emitter(suite="compare_torch"),
+      torch_compare.run(records.Emitter(suite="compare_torch", host_memory_kept=kept),
                         FLAGS.torch_image_size or FLAGS.image_size, FLAGS.repeats,
                         FLAGS.threads or os.cpu_count(), dtype=FLAGS.dtype)
   else:
@@ -102,7 +107,7 @@ def main(argv):
     emitter = records.Emitter(suite="train", model=f"sami_{config.student.size}",
                               image_size=config.data.image_size, batch=config.batch_size,
                               dtype=config.student.dtype, teacher=config.teacher.size,
-                              teacher_dtype=config.teacher.dtype)
+                              teacher_dtype=config.teacher.dtype, host_memory_kept=kept)
     try:
       train.run(emitter, config, FLAGS.repeats, FLAGS.data_batches, FLAGS.matmul_size)
     except (UserError, data.DataError) as e:
