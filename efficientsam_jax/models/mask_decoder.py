@@ -229,7 +229,7 @@ class Attention(nn.Module):
     """Logits (B, Q, heads, T, N) of each image token over the tokens, values from tokens_v
     (B, Q, T, C), token_mask None or (B, Q, T) -> (B, Q, N, C): sum over (head, token) of
     softmax * (v W_o). The token axis is not the minor one, so the softmax over it is
-    elementwise work along the N image tokens (vectorises; T is ~11)."""
+    elementwise work along the N image tokens (vectorises; T is 7-11)."""
     b, q, h, t, n = logits.shape
     mask = None if token_mask is None else token_mask[:, :, None, :, None]
     p = _softmax(_mask_logits(logits, mask), axis=3)
