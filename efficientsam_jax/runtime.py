@@ -11,9 +11,9 @@ Exit statuses of `python -m efficientsam_jax.main` (launch scripts rely on them)
 import ctypes
 import hashlib
 import os
-import sys
 import shutil
 import signal
+import sys
 
 import jax
 import numpy as np

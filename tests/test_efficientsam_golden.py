@@ -39,13 +39,19 @@ def embeddings(model_and_params, golden):
 
 
 @pytest.fixture(scope="module")
-def decoded(model_and_params, golden, embeddings):
+def decode(model_and_params, golden):
+  """(points, labels) -> the model's low-res logits and IoU on the golden image's embeddings."""
   model, params = model_and_params
   hw = golden["image_uint8"].shape[:2]
-  decode = jax.jit(lambda p, e, pts, lbl: model.apply(
+  apply = jax.jit(lambda p, e, pts, lbl: model.apply(
       {"params": p}, e, pts, lbl, hw, None, method=es.EfficientSam.predict_masks))
-  low, iou = decode(params, embeddings, golden["points"], golden["labels"])
-  return np.asarray(low), np.asarray(iou)
+  return lambda embeddings, points, labels: tuple(
+      np.asarray(x) for x in apply(params, embeddings, points, labels))
+
+
+@pytest.fixture(scope="module")
+def decoded(decode, golden, embeddings):
+  return decode(embeddings, golden["points"], golden["labels"])
 
 
 def test_infers_vitt(state_dict):
@@ -66,7 +72,7 @@ def test_low_res_logits_and_iou(decoded, golden):
   assert np.abs(iou - golden["iou_predictions"]).max() < 1e-5
 
 
-def test_release_padding_computed_as_one_token(model_and_params, golden, embeddings):
+def test_release_padding_computed_as_one_token(model_and_params, golden, embeddings, decode):
   """The golden prompts have 2 points; the release pads them to 6 with identical tokens,
   which predict_masks computes as one token counted 4 times. Padding them ourselves (no
   counting) must give the same outputs: both against the release's."""
@@ -74,11 +80,9 @@ def test_release_padding_computed_as_one_token(model_and_params, golden, embeddi
   hw = golden["image_uint8"].shape[:2]
   points, labels = es.pad_points(golden["points"], golden["labels"], 6)
   assert points.shape == (1, 3, 6, 2)
-  low, iou = jax.jit(lambda p, e, pts, lbl: model.apply(
-      {"params": p}, e, pts, lbl, hw, None, method=es.EfficientSam.predict_masks))(
-          params, embeddings, points, labels)
-  assert np.abs(np.asarray(low) - golden["low_res_logits"]).max() < 1e-4
-  assert np.abs(np.asarray(iou) - golden["iou_predictions"]).max() < 1e-5
+  low, iou = decode(embeddings, points, labels)
+  assert np.abs(low - golden["low_res_logits"]).max() < 1e-4
+  assert np.abs(iou - golden["iou_predictions"]).max() < 1e-5
   sparse, count = model.apply({"params": params}, golden["points"], golden["labels"], hw,
                               method=es.EfficientSam.prompt_tokens)
   assert sparse.shape == (1, 3, 3, 256)
