@@ -8,16 +8,15 @@ to a cache that the trainer reads instead of running the teacher.
       --config.data.path=SA1B_IMAGES --config.teacher.cache_dir=/data/vit_h_targets
 
 Every process (the same command on every host, as for training) writes its own shards
-(shard S belongs to process S mod the process count; the process index is in the file name)
-with the teacher jitted over its local devices, the batch split between them. Running it
-again with the same --output finishes what is missing and skips complete shards; partial ones
-are rewritten. Layout and record format: efficientsam_jax/data/teacher_cache.py. Progress
-(records, rate, ETA) goes to the log. Mistakes print one line on stderr and exit with 2.
+(shard S belongs to process S mod the process count; the process index is in the file name).
+Running it again with the same --output finishes what is missing and skips complete shards;
+partial ones are rewritten. Layout and record format: efficientsam_jax/data/teacher_cache.py.
+Progress (records, rate, ETA) goes to the log. Mistakes print one line and exit with 2.
 """
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from efficientsam_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "Training config file[:variant] whose teacher "
                                 "and dataset are cached.", lock_config=True)
@@ -32,69 +31,21 @@ flags.DEFINE_integer("records_per_shard", 0, "Targets per shard file; 0: about 5
 flags.DEFINE_integer("num_processes", None, "As for efficientsam_jax.main.")
 flags.DEFINE_integer("process_id", None, "As for efficientsam_jax.main.")
 flags.mark_flags_as_required(["config", "output"])
-
-SHARD_BYTES = 512 << 20
-
-
-def run(config, output: str, batch_size: int | None = None, records_per_shard: int = 0) -> dict:
-  """Caches `config`'s teacher over its dataset into `output` (this process's shards)."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from efficientsam_jax import data, sharding, teacher
-  from efficientsam_jax.errors import UserError
-
-  if config.teacher.get("cache_dir"):
-    raise UserError("config.teacher.cache_dir is set: the config already reads a cache")
-  spec = teacher.TeacherSpec.from_config(config.teacher)
-  data.num_examples(config)  # a missing dataset fails here, before the teacher weights load
-  # Each process runs the teacher on its own devices: processes never wait for each other,
-  # so each can skip the shards it already finished.
-  mesh = sharding.make_mesh(-1, 1, devices=jax.local_devices())
-  batch_size = batch_size or max(config.batch_size // jax.process_count(), 1)
-  if batch_size % mesh.size:
-    raise UserError(f"--batch_size {batch_size} is not divisible by the {mesh.size} local "
-                    "devices")
-  apply_fn, abstract = teacher.abstract(spec, mesh)
-  params = teacher.load_params(spec, abstract)
-  size = config.data.image_size
-  grid = size // spec.encoder_config.patch_size
-  target_shape = (grid, grid, teacher.feature_dim(config.teacher))
-  batch_sharding = sharding.batch_sharding(mesh)
-  forward = jax.jit(lambda p, images: apply_fn(p, images).astype(jnp.bfloat16),
-                    in_shardings=(jax.tree.map(lambda a: a.sharding, abstract), batch_sharding),
-                    out_shardings=batch_sharding)
-
-  def compute_targets(images: np.ndarray) -> np.ndarray:
-    return np.asarray(forward(params, jax.device_put(images, batch_sharding)))
-
-  if not records_per_shard:
-    records_per_shard = max(1, SHARD_BYTES // (int(np.prod(target_shape)) * 2))
-  return data.write_teacher_cache(
-      output, config, compute_targets, target_shape, batch_size=batch_size,
-      records_per_shard=records_per_shard, process_index=jax.process_index(),
-      process_count=jax.process_count())
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from efficientsam_jax import data, runtime
-  from efficientsam_jax.errors import UserError
+  del argv
+  from efficientsam_jax.tasks.sami import cache  # after flag parsing: --help stays fast
+  from efficientsam_jax.train import runtime
 
-  runtime.keep_freed_host_memory()
-  try:
-    runtime.initialize_distributed(flags.FLAGS.num_processes, flags.FLAGS.process_id)
-    stats = run(flags.FLAGS.config, flags.FLAGS.output, flags.FLAGS.batch_size,
-                flags.FLAGS.records_per_shard)
-  except (UserError, data.DataError) as e:
-    print(f"cache_teacher: error: {e}", file=sys.stderr)
-    sys.exit(runtime.EXIT_USER_ERROR)
+  runtime.initialize_distributed(FLAGS.num_processes, FLAGS.process_id)
+  stats = cache.write_cache(FLAGS.config, FLAGS.output, FLAGS.batch_size,
+                            FLAGS.records_per_shard)
   logging.info("teacher cache: %s", stats)
-  print(f"wrote {stats['records']} targets to {flags.FLAGS.output} in {stats['seconds']:.1f}s "
+  print(f"wrote {stats['records']} targets to {FLAGS.output} in {stats['seconds']:.1f}s "
         f"({stats['skipped_shards']} shards were already complete)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "cache_teacher")

@@ -5,239 +5,45 @@ r"""Evaluates a promptable segmenter the way the EfficientSAM paper does.
   python -m efficientsam_jax.evaluate --checkpoint=PATH --images=DIR --annotations=COCO.json \
       --detections=DETS.json [--output=RESULT.json]
 
-Single-prompt protocol (training.md): for every non-crowd ground-truth mask, a prompt made
-from the mask itself (box: its tightest box; point1: one point drawn uniformly inside it;
-point3: three such points), the candidate with the highest predicted IoU, and its IoU with the
-ground truth at the original image resolution; the result is the mean over all masks:
-{"miou": ..., "count": ...}. All prompts of an image go to the model in one batched call.
-Points are drawn with --seed, so a run is repeatable.
-
-Zero-shot instance segmentation (--detections): the boxes of a detector's COCO results file
-(`[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]`) are the prompts; the best
-mask of each becomes a detection with the detector's score, and pycocotools' COCOeval (segm)
-gives mask AP: {"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "count"}.
-
-PATH: a released .pt, a JAX parameter checkpoint, or a training workdir (latest parameters;
-a finetuning workdir's own input size and depth). Mistakes print one line and exit 1.
+Protocols and outputs: efficientsam_jax/evaluation/coco.py. Mistakes print one line and exit
+with status 2.
 """
-import contextlib
-import io
 import json
-import os
-import sys
 
-import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from efficientsam_jax import model_files, predict, runtime
-from efficientsam_jax.data import segmentation
-from efficientsam_jax.data.sources import DataError
+from efficientsam_jax import cli
 
-PROMPTS = ("box", "point1", "point3")
-UPSCALE_CHUNK = 16  # queries upscaled to full resolution at once: bounds host memory
-
-
-def mask_prompts(masks: list[np.ndarray], prompt: str, rng: np.random.Generator):
-  """Prompts for ground-truth masks (each bool (H, W)): points (Q, n, 2), labels (Q, n).
-
-  box: corners of the tightest box (pixel indices of the extreme pixels) labelled 2 and 3.
-  pointN: N pixels drawn uniformly (with replacement) from the mask, labelled 1.
-  """
-  if prompt == "box":
-    boxes = np.stack([segmentation.tight_box(m) for m in masks])
-    return boxes.reshape(-1, 2, 2), np.tile(np.array([[2, 3]], np.float32), (len(masks), 1))
-  n = int(prompt[len("point"):])
-  points = np.zeros((len(masks), n, 2), np.float32)
-  for i, mask in enumerate(masks):
-    ys, xs = np.nonzero(mask)
-    pick = rng.integers(len(ys), size=n)
-    points[i] = np.stack([xs[pick], ys[pick]], -1)
-  return points, np.ones((len(masks), n), np.float32)
-
-
-def best_masks(predictor, points, labels):
-  """Yields (query index, bool (H, W) full-resolution best mask) for every query, decoding
-  all queries in one call and upscaling only the best candidate, chunk by chunk."""
-  out = predictor.predict_arrays(points, labels, full_resolution=False)
-  best = np.argmax(out["iou"], axis=1)
-  low = out["low_res_logits"][np.arange(len(best)), best][:, None]  # (Q, 1, 4g, 4g)
-  for start in range(0, len(best), UPSCALE_CHUNK):
-    logits = predictor.upscale(low[start:start + UPSCALE_CHUNK])
-    for j, mask_logits in enumerate(logits):
-      yield start + j, mask_logits[0] > 0
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-  union = np.logical_or(a, b).sum()
-  return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def _images_with_annotations(coco: dict, use_detections: bool = False, detections=None):
-  by_image = {}
-  for ann in (detections if use_detections else coco["annotations"]):
-    if not ann.get("iscrowd", 0):
-      by_image.setdefault(ann["image_id"], []).append(ann)
-  return [(img, by_image[img["id"]]) for img in sorted(coco["images"], key=lambda i: i["id"])
-          if img["id"] in by_image]
-
-
-def _read_image(images_dir: str, info: dict):
-  path = os.path.join(images_dir, info["file_name"])
-  try:
-    with open(path, "rb") as f:
-      return segmentation.read_image(f.read())
-  except OSError:
-    return None
-
-
-def _progress(done: int, total: int, message: str) -> None:
-  if done == total or done % max(1, total // 20) == 0:
-    print(f"evaluate: {done}/{total} images, {message}", file=sys.stderr, flush=True)
-
-
-def evaluate_miou(predictor, images_dir: str, coco: dict, prompt: str, seed: int = 0) -> dict:
-  """mIoU over every non-crowd annotation (see the module docstring)."""
-  if prompt not in PROMPTS:
-    raise DataError(f"--prompt must be one of {PROMPTS}, got {prompt!r}")
-  rng = np.random.default_rng(seed)
-  items = _images_with_annotations(coco)
-  if not items:
-    raise DataError("no image in the annotations file has a (non-crowd) annotation")
-  ious, skipped = [], 0
-  for done, (info, anns) in enumerate(items, 1):
-    image = _read_image(images_dir, info)
-    if image is None:
-      skipped += 1
-      logging.warning("skipping unreadable image %s", info["file_name"])
-      continue
-    h, w = image.shape[:2]
-    masks = []
-    for ann in anns:
-      try:
-        mask = segmentation.decode_mask(ann["segmentation"], h, w)
-      except (KeyError, TypeError, ValueError):
-        mask = None
-      if mask is not None and mask.shape == (h, w) and mask.any():
-        masks.append(mask)
-    if masks:
-      predictor.set_image(image)
-      points, labels = mask_prompts(masks, prompt, rng)
-      for q, predicted in best_masks(predictor, points, labels):
-        ious.append(iou(predicted, masks[q]))
-    _progress(done, len(items), f"mIoU so far {np.mean(ious) if ious else float('nan'):.4f}")
-  if not ious:
-    raise DataError("no annotation could be evaluated (unreadable images or masks)")
-  result = {"miou": float(np.mean(ious)), "count": len(ious)}
-  if skipped:
-    result["skipped_images"] = skipped
-  return result
-
-
-def evaluate_detections(predictor, images_dir: str, annotations_path: str, coco: dict,
-                        detections_path: str) -> dict:
-  """COCO mask AP of the masks prompted by a detector's boxes (COCOeval, segm)."""
-  from pycocotools import mask as mask_utils
-  from pycocotools.coco import COCO
-  from pycocotools.cocoeval import COCOeval
-
-  try:
-    with open(detections_path) as f:
-      detections = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DataError(f"{detections_path}: not a readable JSON file ({e})") from None
-  if not isinstance(detections, list) or not all(
-      isinstance(d, dict) and {"image_id", "bbox"} <= set(d) for d in detections):
-    raise DataError(f"{detections_path}: expected a COCO results list with image_id and bbox")
-  results = []
-  items = _images_with_annotations(coco, True, detections)
-  for done, (info, dets) in enumerate(items, 1):
-    image = _read_image(images_dir, info)
-    if image is None:
-      logging.warning("skipping unreadable image %s", info["file_name"])
-      continue
-    predictor.set_image(image)
-    boxes = np.array([d["bbox"] for d in dets], np.float32)
-    corners = np.stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-    labels = np.tile(np.array([[2, 3]], np.float32), (len(dets), 1))
-    for q, predicted in best_masks(predictor, corners, labels):
-      rle = mask_utils.encode(np.asfortranarray(predicted.astype(np.uint8)))
-      rle["counts"] = rle["counts"].decode("ascii")
-      results.append({"image_id": info["id"], "category_id": dets[q].get("category_id", 1),
-                      "segmentation": rle, "score": float(dets[q].get("score", 1.0))})
-    _progress(done, len(items), f"{len(results)} masks")
-  if not results:
-    raise DataError("no detection could be evaluated")
-  with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-    gt = COCO(annotations_path)
-    evaluator = COCOeval(gt, gt.loadRes(results), "segm")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-  names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-  return {**{n: float(v) for n, v in zip(names, evaluator.stats)}, "count": len(results)}
-
-
+flags.DEFINE_string("checkpoint", None, "Released .pt, JAX parameter checkpoint, or workdir.")
+flags.DEFINE_string("images", None, "Folder the COCO file_name entries are relative to.")
+flags.DEFINE_string("annotations", None, "COCO instances JSON (RLE or polygon masks).")
+flags.DEFINE_string("prompt", "box", "box | point1 | point3 (single-prompt mIoU).")
+flags.DEFINE_string("detections", None, "COCO results JSON of a detector: its boxes prompt "
+                    "the model and the output is mask AP (COCOeval segm).")
+flags.DEFINE_string("output", None, "Optional: write the result JSON here.")
+flags.DEFINE_string("model", None, "A model name (see convert --help); inferred when omitted.")
+flags.DEFINE_integer("seed", 0, "Seed of the click sampling (point1, point3).")
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-  flags.DEFINE_string("checkpoint", None, "Released .pt, JAX parameter checkpoint, or workdir.")
-  flags.DEFINE_string("images", None, "Folder the COCO file_name entries are relative to.")
-  flags.DEFINE_string("annotations", None, "COCO instances JSON (RLE or polygon masks).")
-  flags.DEFINE_string("prompt", "box", f"One of {PROMPTS} (single-prompt mIoU).")
-  flags.DEFINE_string("detections", None, "COCO results JSON of a detector: its boxes prompt "
-                      "the model and the output is mask AP (COCOeval segm).")
-  flags.DEFINE_string("output", None, "Optional: write the result JSON here.")
-  flags.DEFINE_string("model", None, "efficientsam_vitt | efficientsam_vits; inferred when "
-                      "omitted.")
-  flags.DEFINE_integer("seed", 0, "Seed of the click sampling (point1, point3).")
-
-
-def run(checkpoint, images, annotations, prompt="box", detections=None, model=None,
-        seed=0) -> dict:
-  """The CLI's work; raises DataError / ModelFileError / PromptError on bad input."""
-  if prompt not in PROMPTS:
-    raise DataError(f"--prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
-  if not os.path.isdir(images):
-    raise DataError(f"{images}: no such images folder")
-  coco = segmentation.load_coco_json(annotations)
-  if detections is not None and not os.path.isfile(detections):
-    raise DataError(f"{detections}: no such detections file")
-  predictor = predict.Predictor.from_checkpoint(checkpoint, model)
-  if detections:
-    return evaluate_detections(predictor, images, annotations, coco, detections)
-  return evaluate_miou(predictor, images, coco, prompt, seed)
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  del argv
+  from efficientsam_jax.errors import UserError
+  from efficientsam_jax.evaluation import coco  # after flag parsing: --help stays fast
+
   missing = [n for n in ("checkpoint", "images", "annotations") if not FLAGS[n].value]
   if missing:
-    _fail(f"missing --{', --'.join(missing)} (see --help)")
-  runtime.keep_freed_host_memory()
-  try:
-    result = run(FLAGS.checkpoint, FLAGS.images, FLAGS.annotations, FLAGS.prompt,
-                 FLAGS.detections, FLAGS.model, FLAGS.seed)
-    if FLAGS.output:
+    raise UserError(f"missing --{', --'.join(missing)} (see --help)")
+  result = coco.run(FLAGS.checkpoint, FLAGS.images, FLAGS.annotations, FLAGS.prompt,
+                    FLAGS.detections, FLAGS.model, FLAGS.seed)
+  if FLAGS.output:
+    try:
       with open(FLAGS.output, "w") as f:
         json.dump(result, f)
-  except (DataError, model_files.ModelFileError, predict.PromptError) as e:
-    _fail(str(e))
-  except OSError as e:
-    _fail(f"cannot write {FLAGS.output}: {e.strerror or e}")
+    except OSError as e:
+      raise UserError(f"cannot write {FLAGS.output}: {e.strerror or e}") from None
   print(json.dumps(result))
 
 
-def _fail(message: str):
-  print(f"evaluate: error: {message}", file=sys.stderr)
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(1)  # see convert._fail
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, "evaluate")

@@ -16,14 +16,16 @@ Flags may be spelled with dashes or underscores (--image-size = --image_size).
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
+
+from efficientsam_jax import cli
 
 SUITES = ("inference", "train")
 
 flags.DEFINE_enum("suite", "inference", SUITES, "What to measure.")
-flags.DEFINE_string("model", "efficientsam_vitt", "efficientsam_vitt | efficientsam_vits "
-                    "(inference suite).")
+flags.DEFINE_string("model", "efficientsam_vitt", "A model name (inference suite; "
+                    "efficientsam_vitt, sam_vit_b, mobile_sam, ...).")
 flags.DEFINE_string("checkpoint", None, "Weights (released .pt, JAX checkpoint, workdir); "
                     "random weights when omitted.")
 flags.DEFINE_integer("image_size", 1024, "Encoder input size (a multiple of 16).")
@@ -42,60 +44,46 @@ flags.DEFINE_integer("threads", None, "Threads for PyTorch in the comparison; de
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the "
                   "inference suite and the torch comparison.")
 flags.DEFINE_integer("query_chunk", None, "Queries per decoder step (Predictor query_chunk); "
-                     "default predict.QUERY_CHUNK.")
+                     "default inference.predictor.QUERY_CHUNK.")
 flags.DEFINE_integer("data_batches", 5, "Batches drawn to time the input pipeline (train).")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul that measures the peak.")
 config_flags.DEFINE_config_file("config", None, "SAMI config file[:variant] (train suite).",
                                 lock_config=True)
-flags.DEFINE_bool("keep_host_memory", True, "Keep freed host memory for reuse (runtime."
+flags.DEFINE_bool("keep_host_memory", True, "Keep freed host memory for reuse (cli."
                   "keep_freed_host_memory, as every entry point does); --nokeep_host_memory "
                   "measures glibc's defaults.")
 
 
-def _fail(message: str):
-  print(f"bench: error: {message}", file=sys.stderr)
-  sys.exit(1)
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   FLAGS = flags.FLAGS
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   # Imported after flag parsing, so --help stays fast.
-  from efficientsam_jax import data, model_files, runtime
   from efficientsam_jax.bench import records
   from efficientsam_jax.errors import UserError
-  from efficientsam_jax.models import efficient_sam as es
+  from efficientsam_jax.models import registry
 
-  kept = FLAGS.keep_host_memory and runtime.keep_freed_host_memory()
+  kept = FLAGS.keep_host_memory and cli.keep_freed_host_memory()
   if FLAGS.image_size <= 0 or FLAGS.image_size % 16:
-    _fail(f"--image-size must be a positive multiple of 16, got {FLAGS.image_size}")
+    raise UserError(f"--image-size must be a positive multiple of 16, got {FLAGS.image_size}")
   if FLAGS.repeats < 1:
-    _fail("--repeats must be at least 1")
+    raise UserError("--repeats must be at least 1")
   if FLAGS.suite == "inference":
     from efficientsam_jax.bench import inference
-    if FLAGS.model not in es.MODELS:
-      _fail(f"unknown --model {FLAGS.model!r}; known: {', '.join(sorted(es.MODELS))}")
+    registry.family_of(FLAGS.model)  # an unknown name fails here
     if FLAGS.query_chunk is not None and FLAGS.query_chunk < 1:
-      _fail("--query-chunk must be at least 1")
+      raise UserError("--query-chunk must be at least 1")
     emitter = records.Emitter(suite="inference", model=FLAGS.model,
                               image_size=FLAGS.image_size, batch=1, dtype=FLAGS.dtype,
                               host_memory_kept=kept)
     hw = (FLAGS.input_height or FLAGS.image_size, FLAGS.input_width or FLAGS.image_size)
-    try:
-      inference.run(emitter, FLAGS.model, FLAGS.image_size, FLAGS.checkpoint, FLAGS.repeats,
-                    FLAGS.points_per_side, hw, dtype=FLAGS.dtype, query_chunk=FLAGS.query_chunk)
-    except model_files.ModelFileError as e:
-      _fail(str(e))
+    inference.run(emitter, FLAGS.model, FLAGS.image_size, FLAGS.checkpoint, FLAGS.repeats,
+                  FLAGS.points_per_side, hw, dtype=FLAGS.dtype, query_chunk=FLAGS.query_chunk)
     if FLAGS.compare_torch:
-      from efficientsam_jax import torch_reference
-      from efficientsam_jax.bench import torch_compare
+      from efficientsam_jax.bench import torch_compare, torch_reference
       try:
         torch_reference.sam_image_encoder_class()
       except ImportError as e:
-        _fail(f"--compare-torch needs torch and segment_anything ({e})")
+        raise UserError(f"--compare-torch needs torch and segment_anything ({e})") from None
       torch_compare.run(records.Emitter(suite="compare_torch", host_memory_kept=kept),
                         FLAGS.torch_image_size or FLAGS.image_size, FLAGS.repeats,
                         FLAGS.threads or os.cpu_count(), dtype=FLAGS.dtype)
@@ -103,15 +91,12 @@ def main(argv):
     from efficientsam_jax.bench import train
     config = FLAGS.config
     if config is None:
-      _fail("--suite=train needs --config=configs/NAME.py[:VARIANT]")
+      raise UserError("--suite=train needs --config=configs/NAME.py[:VARIANT]")
     emitter = records.Emitter(suite="train", model=f"sami_{config.student.size}",
                               image_size=config.data.image_size, batch=config.batch_size,
                               dtype=config.student.dtype, teacher=config.teacher.size,
                               teacher_dtype=config.teacher.dtype, host_memory_kept=kept)
-    try:
-      train.run(emitter, config, FLAGS.repeats, FLAGS.data_batches, FLAGS.matmul_size)
-    except (UserError, data.DataError) as e:
-      _fail(str(e))
+    train.run(emitter, config, FLAGS.repeats, FLAGS.data_batches, FLAGS.matmul_size)
 
 
 def _underscore_flag_names(argv: list[str]) -> list[str]:
@@ -126,4 +111,4 @@ def _underscore_flag_names(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  app.run(main, argv=_underscore_flag_names(sys.argv))
+  cli.run(main, "bench", keep_host_memory=False, argv=_underscore_flag_names(sys.argv))

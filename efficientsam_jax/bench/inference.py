@@ -16,27 +16,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficientsam_jax import automatic, predict
 from efficientsam_jax.bench import records
-from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.inference import automatic
+from efficientsam_jax.inference.predictor import Predictor
 from efficientsam_jax.models import prompt_encoder as pe
-
-
-def random_params(config: es.EfficientSamConfig, seed: int = 0):
-  """Random EfficientSAM parameters (the model's own initialisers), on device."""
-  model, s = es.EfficientSam(config), config.image_size
-  init = lambda rng: model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, 1, 1, 2)),
-                                jnp.zeros((1, 1, 1)), scale_to_original_image_size=False)
-  return jax.jit(init)(jax.random.key(seed))["params"]
+from efficientsam_jax.models import registry
 
 
 def make_predictor(model_name: str, image_size: int, checkpoint: str | None,
                    dtype: str = "float32", query_chunk: int | None = None):
+  """The Predictor of a checkpoint, or of random weights (the model's own initialisers)."""
   if checkpoint:
-    return predict.Predictor.from_checkpoint(checkpoint, model_name, dtype=dtype,
-                                             query_chunk=query_chunk, image_size=image_size)
-  config = es.EfficientSamConfig.from_name(model_name, image_size=image_size)
-  return predict.Predictor(random_params(config), config, dtype=dtype, query_chunk=query_chunk)
+    return Predictor.from_checkpoint(checkpoint, model_name, dtype=dtype,
+                                     query_chunk=query_chunk, image_size=image_size)
+  config = registry.config(model_name, image_size=image_size)
+  params = registry.family_of(model_name).init_params(config)
+  return Predictor(params, config, dtype=dtype, query_chunk=query_chunk)
 
 
 def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -60,16 +55,15 @@ def run(emitter: records.Emitter, model_name: str, image_size: int, checkpoint: 
         repeats: int, points_per_side: int, input_hw: tuple[int, int], dtype: str = "float32",
         query_chunk: int | None = None) -> None:
   predictor = make_predictor(model_name, image_size, checkpoint, dtype, query_chunk)
-  config = predictor.config
   height, width = input_hw
   image = test_image(height, width)
-  model = es.EfficientSam(config)
+  model = predictor.model
   emit = lambda *a, **kw: emitter.emit(*a, **kw, repeats=repeats,
                                        query_chunk=predictor.query_chunk)
 
   # --- Encoder: compile (ahead of time, from the same function) and steady state --------
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=es.EfficientSam.encode))
-  x = jnp.asarray(es.preprocess(jnp.asarray(image[None], jnp.float32) / 255.0, image_size))
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
+  x = jnp.asarray(model.preprocess(jnp.asarray(image[None], jnp.float32)))
   seconds, encode_compiled = records.time_compile(encode, predictor.params, x)
   emit("compile_seconds", seconds, "s", part="encoder", batch=1)
   t = records.time_call(lambda: encode_compiled(predictor.params, x), repeats)
@@ -80,7 +74,7 @@ def run(emitter: records.Emitter, model_name: str, image_size: int, checkpoint: 
   rng = np.random.default_rng(0)
   for queries in (1, 64):
     xy = rng.uniform(0, 1, (queries, 2)).astype(np.float32) * np.asarray([width, height])
-    points, labels = single_point_queries(xy, 1)  # the model pads (predict.max_points)
+    points, labels = single_point_queries(xy, 1)  # the model pads (prompt_length)
     start = time.perf_counter()
     records.block(predictor.predict_arrays(points, labels, full_resolution=False))
     emit("compile_seconds", time.perf_counter() - start, "s", part="decoder", batch=queries,

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from efficientsam_jax import torch_reference
+from efficientsam_jax.bench import torch_reference
 from efficientsam_jax.bench import records
 from efficientsam_jax.models import precision
 from efficientsam_jax.models import sam_encoder as se

@@ -10,9 +10,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from efficientsam_jax import data, sharding
+from efficientsam_jax import data
 from efficientsam_jax.bench import records
-from efficientsam_jax.trainers import sami
+from efficientsam_jax.tasks.sami.task import SamiTask
+from efficientsam_jax.train import loop, sharding
 
 
 def _flops(compiled) -> float:
@@ -27,7 +28,7 @@ def run(emitter: records.Emitter, config, repeats: int, data_batches: int,
   emit = lambda *a, **kw: emitter.emit(*a, **kw, repeats=repeats)
 
   # --- The compiled step, from shapes (the trainer's Setup) -------------------------------
-  setup = sami.Setup(config)
+  setup = loop.Setup(config, SamiTask(config))
   start = time.perf_counter()
   compiled = setup.compile()
   emit("compile_seconds", time.perf_counter() - start, "s", part="train_step")
@@ -39,7 +40,7 @@ def run(emitter: records.Emitter, config, repeats: int, data_batches: int,
   params = jax.jit(setup.init_fn, out_shardings=setup.param_shardings)(
       jax.random.key(c.seed))
   opt_state = jax.jit(setup.tx.init, out_shardings=setup.opt_shardings)(params)
-  teacher_params = setup.task.load_frozen(setup.abstract_frozen)
+  teacher_params = setup.task.load_teacher(setup.abstract_teacher)
   iterator = data.make_train_iterator(c)
   batch = sharding.host_batch_to_global(next(iterator), setup.mesh)
 

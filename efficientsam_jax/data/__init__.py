@@ -4,15 +4,17 @@ Public API:
   make_train_iterator(config, *, process_index=None, process_count=None) -> grain iterator of
       {"image": float32 (B_local, S, S, 3), "valid": int32 (B_local,)}; checkpointable.
   num_examples(config) -> records in the source (all hosts), for epochs -> steps.
-  default_data_config() -> ml_collections.ConfigDict with every `config.data` field below.
   iterator_save_args(it), iterator_restore_args(it) -> Orbax args (grain's CheckpointSave /
       CheckpointRestore) so the checkpoint module saves the iterator without importing grain.
-  DataError: one-line, user-fixable data problem (missing dataset, empty folder, bad field).
   Sources (DemoImageSource, ImageFolderSource, TfdsImageSource) and the numpy transforms
   (efficientsam_jax.data.transforms) for tests and tools.
 
+Every user-fixable data problem (missing dataset, empty folder, bad field) is a one-line
+efficientsam_jax.errors.UserError.
+
 Config read by make_train_iterator: top-level `seed` (shuffle and augmentation),
-`batch_size` (global; divided by the host count), and `config.data`:
+`batch_size` (global; divided by the host count), and `config.data` (configs/common.py's
+`image_data` gives every field its default):
   source: "demo" | "folder" | "tfds".
   path: folder of *.jpg/*.jpeg/*.png, any nesting (source="folder").
   tfds_name, tfds_data_dir, split: TFDS dataset prepared as array_record (source="tfds");
@@ -43,8 +45,6 @@ EfficientSAM finetuning (efficientsam_jax.data.segmentation, demo_sa1b):
   Fields: source "sa1b" | "coco", path, annotations (COCO JSON), image_size, mask_size
   (image_size / 4), max_masks (K), max_area_fraction (0.9).
 """
-import ml_collections
-
 from efficientsam_jax.data.pipeline import iterator_restore_args
 from efficientsam_jax.data.pipeline import iterator_save_args
 from efficientsam_jax.data.pipeline import make_segmentation_iterator
@@ -54,29 +54,8 @@ from efficientsam_jax.data.pipeline import make_train_dataset
 from efficientsam_jax.data.pipeline import make_train_iterator
 from efficientsam_jax.data.pipeline import num_examples
 from efficientsam_jax.data.pipeline import write_teacher_cache
-from efficientsam_jax.data.sources import DataError
 from efficientsam_jax.data.sources import DemoImageSource
 from efficientsam_jax.data.sources import ImageFolderSource
 from efficientsam_jax.data.sources import TfdsImageSource
 from efficientsam_jax.data.teacher_cache import TeacherCache
 from efficientsam_jax.data.teacher_cache import read_metadata
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-  """`config.data` for SAMI pretraining on ImageNet-1K train; configs override what differs."""
-  return ml_collections.ConfigDict(dict(
-      source="tfds",
-      path="",
-      tfds_name="imagenet2012",
-      tfds_data_dir="",
-      split="train",
-      num_demo_images=256,
-      demo_seed=0,
-      image_size=224,
-      crop="random_resized",
-      min_scale=0.2,
-      flip=True,
-      worker_count=0,
-      read_threads=2,
-      prefetch_buffer_size=2,
-  ))

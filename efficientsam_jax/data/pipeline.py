@@ -22,15 +22,16 @@ from efficientsam_jax.data import segmentation
 from efficientsam_jax.data import sources
 from efficientsam_jax.data import teacher_cache
 from efficientsam_jax.data import transforms
+from efficientsam_jax.errors import UserError
 
 
 def check_view_config(data_config) -> None:
-  """DataError for crop settings `transforms.preprocess` cannot apply."""
+  """UserError for crop settings `transforms.preprocess` cannot apply."""
   if data_config.crop not in transforms.CROP_MODES:
-    raise sources.DataError(f"data.crop must be one of {transforms.CROP_MODES}, got "
+    raise UserError(f"data.crop must be one of {transforms.CROP_MODES}, got "
                             f"{data_config.crop!r}")
   if not 0.0 < data_config.min_scale <= 1.0:
-    raise sources.DataError(f"data.min_scale must be in (0, 1], got {data_config.min_scale}")
+    raise UserError(f"data.min_scale must be in (0, 1], got {data_config.min_scale}")
 
 
 class SamiAugment(grain.transforms.RandomMap):
@@ -53,12 +54,12 @@ def make_source(data_config):
     return sources.DemoImageSource(data_config.num_demo_images, seed=data_config.demo_seed)
   if kind == "folder":
     if not data_config.path:
-      raise sources.DataError("data.source='folder' needs data.path (a folder of images)")
+      raise UserError("data.source='folder' needs data.path (a folder of images)")
     return sources.ImageFolderSource(data_config.path)
   if kind == "tfds":
     return sources.TfdsImageSource(
         data_config.tfds_name, data_config.split, data_config.tfds_data_dir or None)
-  raise sources.DataError(f"data.source must be 'demo', 'folder' or 'tfds', got {kind!r}")
+  raise UserError(f"data.source must be 'demo', 'folder' or 'tfds', got {kind!r}")
 
 
 def num_examples(config) -> int:
@@ -68,7 +69,7 @@ def num_examples(config) -> int:
 
 def _host_batch_size(batch_size: int, process_count: int) -> int:
   if batch_size % process_count:
-    raise sources.DataError(
+    raise UserError(
         f"batch_size {batch_size} is not divisible by the {process_count} hosts")
   return batch_size // process_count
 
@@ -134,9 +135,9 @@ def host_batch_stream(source, transform: grain.transforms.RandomMap | grain.tran
   data = config.data
   host_batch = _host_batch_size(config.batch_size, process_count)
   if not 0 <= process_index < process_count:
-    raise sources.DataError(f"process_index {process_index} not in [0, {process_count})")
+    raise UserError(f"process_index {process_index} not in [0, {process_count})")
   if len(source) < process_count:
-    raise sources.DataError(
+    raise UserError(
         f"{len(source)} records cannot be shared among {process_count} hosts")
   seed = int(config.seed) % 2**32
   ds = grain.MapDataset.source(source)
@@ -216,14 +217,14 @@ def make_segmentation_source(data_config):
   kind = data_config.source
   if kind in ("sa1b", "demo"):  # demo: the trainer has written SA-1B files into data.path
     if not data_config.path:
-      raise sources.DataError("data.source='sa1b' needs data.path (SA-1B folder or .tar shards)")
+      raise UserError("data.source='sa1b' needs data.path (SA-1B folder or .tar shards)")
     return segmentation.SA1BSource(data_config.path)
   if kind == "coco":
     if not data_config.path or not data_config.annotations:
-      raise sources.DataError("data.source='coco' needs data.path (images folder) and "
+      raise UserError("data.source='coco' needs data.path (images folder) and "
                               "data.annotations (instances JSON)")
     return segmentation.CocoSource(data_config.path, data_config.annotations)
-  raise sources.DataError(f"data.source must be 'sa1b' or 'coco' for finetuning, got {kind!r}")
+  raise UserError(f"data.source must be 'sa1b' or 'coco' for finetuning, got {kind!r}")
 
 
 def make_segmentation_iterator(config, *, process_index: Optional[int] = None,

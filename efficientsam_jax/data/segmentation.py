@@ -20,7 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from efficientsam_jax.data import transforms
-from efficientsam_jax.data.sources import DataError
+from efficientsam_jax.errors import UserError
 
 
 # --- Sources -------------------------------------------------------------------------------
@@ -34,7 +34,7 @@ def _index_tar(tar_path: str) -> list[tuple]:
         if info.isfile():
           members[os.path.basename(info.name)] = (info.offset_data, info.size)
   except (tarfile.TarError, OSError) as e:
-    raise DataError(f"{tar_path}: not a readable tar shard ({e})") from None
+    raise UserError(f"{tar_path}: not a readable tar shard ({e})") from None
   out = []
   for name in sorted(members):
     stem, ext = os.path.splitext(name)
@@ -59,9 +59,9 @@ class SA1BSource:
       elif part.lower().endswith(".tar") and os.path.isfile(part):
         self._entries += _index_tar(part)
       else:
-        raise DataError(f"SA-1B path {part!r} is neither a directory nor a .tar shard")
+        raise UserError(f"SA-1B path {part!r} is neither a directory nor a .tar shard")
     if not self._entries:
-      raise DataError(f"SA-1B path {path!r} holds no sa_*.jpg + sa_*.json pairs")
+      raise UserError(f"SA-1B path {path!r} holds no sa_*.jpg + sa_*.json pairs")
 
   @staticmethod
   def _index_directory(root: str) -> list[tuple]:
@@ -112,7 +112,7 @@ class CocoSource:
 
   def __init__(self, images_dir: str, annotations_json: str):
     if not os.path.isdir(images_dir):
-      raise DataError(f"COCO images folder {images_dir!r} does not exist")
+      raise UserError(f"COCO images folder {images_dir!r} does not exist")
     coco = load_coco_json(annotations_json)
     by_image = {}
     for ann in coco["annotations"]:
@@ -122,7 +122,7 @@ class CocoSource:
     self._records = [(img, by_image[img["id"]]) for img in
                      sorted(coco["images"], key=lambda i: i["id"]) if img["id"] in by_image]
     if not self._records:
-      raise DataError(f"{annotations_json}: no image has a (non-crowd) annotation")
+      raise UserError(f"{annotations_json}: no image has a (non-crowd) annotation")
 
   def __len__(self) -> int:
     return len(self._records)
@@ -135,16 +135,16 @@ class CocoSource:
 
 
 def load_coco_json(path: str) -> dict:
-  """A COCO instances file, checked for the fields we read; DataError on anything else."""
+  """A COCO instances file, checked for the fields we read; UserError on anything else."""
   try:
     with open(path) as f:
       coco = json.load(f)
   except FileNotFoundError:
-    raise DataError(f"{path}: no such annotations file") from None
+    raise UserError(f"{path}: no such annotations file") from None
   except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DataError(f"{path}: not a readable JSON file ({e})") from None
+    raise UserError(f"{path}: not a readable JSON file ({e})") from None
   if not isinstance(coco, dict) or not {"images", "annotations"} <= set(coco):
-    raise DataError(f"{path}: not COCO instances (needs 'images' and 'annotations')")
+    raise UserError(f"{path}: not COCO instances (needs 'images' and 'annotations')")
   return coco
 
 
@@ -278,7 +278,7 @@ def sa1b_to_coco(directory: str) -> dict:
   images, annotations = [], []
   for tar_path, image_ref, json_ref in source._entries:  # pylint: disable=protected-access
     if tar_path is not None:
-      raise DataError("sa1b_to_coco reads directories, not tar shards")
+      raise UserError("sa1b_to_coco reads directories, not tar shards")
     record = json.loads(_read(None, json_ref))
     info = dict(record["image"], file_name=os.path.relpath(image_ref, directory))
     info.setdefault("id", info.get("image_id"))

@@ -11,17 +11,11 @@ from typing import Sequence, Union
 import numpy as np
 
 from efficientsam_jax.data import demo_images
+from efficientsam_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 Record = Union[bytes, np.ndarray]
-
-
-class DataError(ValueError):
-  """A user-fixable problem with the input data (missing dataset, empty folder, bad config).
-
-  Its message is one line meant for stderr; entry points print it without a traceback.
-  """
 
 
 class DemoImageSource:
@@ -37,7 +31,7 @@ class DemoImageSource:
   def __init__(self, num_images: int, seed: int = 0,
                image_size: int = demo_images.DEMO_IMAGE_SIZE):
     if num_images <= 0:
-      raise DataError(f"data.num_demo_images must be positive, got {num_images}")
+      raise UserError(f"data.num_demo_images must be positive, got {num_images}")
     self._num_images = num_images
     self._seed = seed
     self._image_size = image_size
@@ -76,14 +70,14 @@ def list_image_files(root: Union[str, os.PathLike]) -> list[str]:
   """
   root = pathlib.Path(root)
   if not root.is_dir():
-    raise DataError(f"image folder {str(root)!r} does not exist or is not a directory")
+    raise UserError(f"image folder {str(root)!r} does not exist or is not a directory")
   files = []
   for dirpath, _, filenames in os.walk(root, followlinks=True):
     for name in filenames:
       if name.lower().endswith(IMAGE_SUFFIXES):
         files.append(os.path.relpath(os.path.join(dirpath, name), root))
   if not files:
-    raise DataError(
+    raise UserError(
         f"image folder {str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files")
   files.sort()
   return [str(root / f) for f in files]
@@ -145,7 +139,7 @@ class TfdsImageSource:
 
 
 def _open_tfds(name: str, split: str, data_dir: Union[str, None], image_key: str):
-  """tfds.data_source(...) with every "not prepared" failure turned into a one-line DataError."""
+  """tfds.data_source(...) with every "not prepared" failure turned into a one-line UserError."""
   # Imported here: tfds is slow to import and only this source needs it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -158,9 +152,9 @@ def _open_tfds(name: str, split: str, data_dir: Union[str, None], image_key: str
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
     # tfds raises DatasetNotFoundError and friends; any of them means a bad name.
-    raise DataError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
+    raise UserError(f"unknown TFDS dataset {name!r}: {str(e).splitlines()[0]}") from None
   if not builder.is_prepared():
-    raise DataError(f"TFDS dataset {name!r} is not prepared in data_dir "
+    raise UserError(f"TFDS dataset {name!r} is not prepared in data_dir "
                     f"{builder.data_dir_root!s}; {prepare_hint}")
   try:
     return tfds.data_source(
@@ -168,5 +162,5 @@ def _open_tfds(name: str, split: str, data_dir: Union[str, None], image_key: str
         decoders={image_key: tfds.decode.SkipDecoding()})
   except Exception as e:  # pylint: disable=broad-except
     # e.g. prepared as tfrecord (no random access) or an unknown split name.
-    raise DataError(f"cannot open TFDS dataset {name!r} split {split!r} for random access:"
+    raise UserError(f"cannot open TFDS dataset {name!r} split {split!r} for random access:"
                     f" {str(e).splitlines()[0]}; {prepare_hint}") from None

@@ -39,7 +39,8 @@ import numpy as np
 from absl import logging
 from array_record.python import array_record_data_source, array_record_module
 
-from efficientsam_jax.data import sources, transforms
+from efficientsam_jax.data import transforms
+from efficientsam_jax.errors import UserError
 
 FORMAT = "efficientsam_jax.teacher_cache/1"
 METADATA_FILE = "cache.json"
@@ -139,12 +140,12 @@ def read_metadata(directory: str) -> dict:
     with open(path) as f:
       metadata = json.load(f)
   except FileNotFoundError:
-    raise sources.DataError(f"{directory} is not a teacher cache (no {METADATA_FILE}); write "
+    raise UserError(f"{directory} is not a teacher cache (no {METADATA_FILE}); write "
                             "one with `python -m efficientsam_jax.cache_teacher`") from None
   except (OSError, ValueError) as e:
-    raise sources.DataError(f"{path}: cannot read ({e})") from None
+    raise UserError(f"{path}: cannot read ({e})") from None
   if metadata.get("format") != FORMAT:
-    raise sources.DataError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    raise UserError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
   return metadata
 
 
@@ -156,19 +157,19 @@ def _prepare_directory(directory: str, metadata: dict, process_index: int) -> No
     os.makedirs(directory, exist_ok=True)
     names = os.listdir(directory)
   except OSError as e:
-    raise sources.DataError(f"cannot use {directory} as the cache directory: "
+    raise UserError(f"cannot use {directory} as the cache directory: "
                             f"{e.strerror or e}") from None
   if METADATA_FILE in names:
     existing = read_metadata(directory)
     differ = sorted(k for k in set(existing) | set(metadata)
                     if k != "data_location" and existing.get(k) != metadata.get(k))
     if differ:
-      raise sources.DataError(f"{directory} holds a teacher cache of something else "
+      raise UserError(f"{directory} holds a teacher cache of something else "
                               f"(differs in {', '.join(differ)}); choose another --output")
     return
   foreign = [n for n in names if not (n.startswith("targets-") or n.startswith(METADATA_FILE))]
   if foreign:
-    raise sources.DataError(f"{directory} is not empty and holds no teacher cache "
+    raise UserError(f"{directory} is not empty and holds no teacher cache "
                             f"({foreign[0]} ...); choose a new or empty directory")
   # Every process may get here at once: each writes its own temporary file, and the renames
   # put the same content in place.
@@ -295,7 +296,7 @@ class TeacherCache:
     paths = [layout.complete_path(directory, s) for s in range(layout.num_shards)]
     missing = [s for s, p in enumerate(paths) if p is None]
     if missing:
-      raise sources.DataError(
+      raise UserError(
           f"teacher cache {directory} is incomplete: {len(missing)} of {layout.num_shards} "
           f"shards missing (first: {layout.name(missing[0], 0)}); run cache_teacher again "
           "to finish it")
@@ -305,20 +306,20 @@ class TeacherCache:
     return self.metadata["num_records"]
 
   def check_matches(self, config) -> None:
-    """DataError unless `config` trains on the images and teacher this cache was made for."""
+    """UserError unless `config` trains on the images and teacher this cache was made for."""
     want = {"data": {k: config.data.get(k) for k in VIEW_FIELDS},
             "teacher": {k: config.teacher.get(k) for k in TEACHER_FIELDS}}
     for group, fields in want.items():
       for key, value in fields.items():
         if self.metadata[group].get(key) != value:
-          raise sources.DataError(
+          raise UserError(
               f"teacher cache {self.directory} was written for {group}.{key}="
               f"{self.metadata[group].get(key)!r}, but the config has {value!r}")
 
   def target(self, index: int, record) -> np.ndarray:
     header, target = decode_record(self._records[index])
     if header["index"] != index or header["image_crc32"] != image_crc32(record):
-      raise sources.DataError(
+      raise UserError(
           f"teacher cache {self.directory}: record {index} was computed from another image "
           "(has the dataset changed since the cache was written?)")
     return target
@@ -329,7 +330,7 @@ class CachedTargetSource:
 
   def __init__(self, source, cache: TeacherCache):
     if len(source) != len(cache):
-      raise sources.DataError(f"teacher cache {cache.directory} holds {len(cache)} targets but "
+      raise UserError(f"teacher cache {cache.directory} holds {len(cache)} targets but "
                               f"the dataset has {len(source)} images")
     self._source, self._cache = source, cache
 

@@ -4,12 +4,14 @@ Nothing here knows about grain: randomness arrives as an explicit `np.random.Gen
 function is tested with plain arrays and the pipeline stays a pure function of (seed, position).
 Images are HWC, RGB. Boxes are `(top, left, height, width)` in integer pixels, as torchvision's.
 """
-import io
 import math
 from typing import Union
 
 import numpy as np
 from PIL import Image
+
+from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import images
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -34,16 +36,9 @@ def decode_image(record: Union[bytes, np.ndarray]) -> Union[np.ndarray, None]:
     image = record if record.ndim == 3 else np.repeat(record[..., None], 3, axis=-1)
     return np.asarray(image, np.uint8)
   try:
-    with Image.open(io.BytesIO(record)) as pil:
-      # convert() forces the full decode, so truncation surfaces here and not later.
-      image = np.asarray(pil.convert("RGB"), np.uint8)
-  except Exception:  # pylint: disable=broad-except
-    # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError... for bad input;
-    # all of them mean "this record has no usable image".
+    return images.decode(record)
+  except UserError:
     return None
-  if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-    return None
-  return image
 
 
 def random_resized_crop_box(

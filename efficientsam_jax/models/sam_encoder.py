@@ -1,9 +1,9 @@
 """Segment Anything's image encoder (ViTDet-style ViT with windows and relative positions).
 
-This is SAMI's frozen teacher. Parameter names mirror the `image_encoder.` keys of the SAM
-releases in flax spelling (`patch_embed/proj`, `pos_embed`, `blocks_N/attn/rel_pos_h`,
-`blocks_N/mlp/lin1`, `neck_0` ... `neck_3`), so `weights.torch_to_flax` loads
-`sam_vit_h_4b8939.pth` with no special cases. Images are NHWC, already normalised; any H, W
+This is SAMI's frozen teacher and SAM's image encoder. Parameter names mirror the
+`image_encoder.` keys of the SAM releases in flax spelling (`patch_embed/proj`, `pos_embed`,
+`blocks_N/attn/rel_pos_h`, `neck_0` ... `neck_3`), except the MLPs, which share
+EfficientSAM's ViT MLP (`fc1`, `fc2`; SAM's `lin1`, `lin2` are renamed by ENCODER_RENAMES). Images are NHWC, already normalised; any H, W
 that are multiples of 16 (SAMI runs the teacher on 224 crops).
 """
 import dataclasses
@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from efficientsam_jax import resize, weights
-from efficientsam_jax.models import attention, precision
+from efficientsam_jax.models import attention, precision, resize, state_dict
 from efficientsam_jax.models.vit import Mlp, PatchEmbed, apply_sequential, make_neck
 
 # Size name -> (width, depth, heads, global-attention block indices). `tiny` is for tests
@@ -27,6 +26,10 @@ SAM_SIZES = {
     "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
     "tiny": (64, 4, 4, (1, 3)),
 }
+
+# SAM's encoder key names -> ours (module paths under the encoder).
+ENCODER_RENAMES = state_dict.KeyRenames([("blocks.{i}.mlp.lin1", "blocks.{i}.mlp.fc1"),
+                                         ("blocks.{i}.mlp.lin2", "blocks.{i}.mlp.fc2")])
 
 LN_EPS = 1e-6  # SAM builds its encoder with LayerNorm(eps=1e-6); LayerNorm2d in the neck too
 TORCH_PREFIX = "image_encoder."
@@ -161,7 +164,7 @@ class SamBlock(nn.Module):
     if self.window_size:
       y = window_unpartition(y, self.window_size, h, w)
     x = x + y
-    mlp = Mlp(int(d * self.mlp_ratio), self.dtype, names=("lin1", "lin2"), name="mlp")
+    mlp = Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")
     return x + mlp(norm("norm2")(x))
 
 
@@ -233,16 +236,17 @@ def init_sam_encoder_params(config: SamEncoderConfig, seed: int = 0) -> dict:
   return traverse_util.unflatten_dict(out)
 
 
-def sam_encoder_params_from_torch(state_dict, config: SamEncoderConfig,
+def sam_encoder_params_from_torch(state_dict_, config: SamEncoderConfig,
                                   prefix: str = TORCH_PREFIX) -> dict:
   """Encoder params from a SAM state_dict (torch key -> array), as float32 numpy arrays.
 
-  A released file (`sam_vit_h_4b8939.pth`, read with `weights.load_torch_file`) holds
-  `prompt_encoder.`, `mask_decoder.` and pixel_mean/std too; only keys under `prefix` are
-  read. Pass prefix="" for a bare `ImageEncoderViT.state_dict()`. Raises weights.WeightsError
-  naming the first missing, unexpected or mis-shaped tensor.
+  A released file (`sam_vit_h_4b8939.pth`) holds `prompt_encoder.`, `mask_decoder.` and
+  pixel_mean/std too; only keys under `prefix` are read. Pass prefix="" for a bare
+  `ImageEncoderViT.state_dict()`. Raises UserError naming the first missing, unexpected or
+  mis-shaped tensor.
   """
-  params = weights.torch_to_flax(state_dict, abstract_params(config), prefix=prefix)
+  params = state_dict.torch_to_flax(state_dict_, abstract_params(config), prefix=prefix,
+                                    renames=ENCODER_RENAMES.under(prefix))
   return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
 
 

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from efficientsam_jax import resize
+from efficientsam_jax.models import resize
 from efficientsam_jax.models import activations, attention, precision
 
 # Size name -> (width, depth, heads). One table for every encoder of this family.
@@ -88,21 +88,16 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """D -> hidden -> D with exact (erf) GELU.
-
-  `names` are the two layers' torch names: ("fc1", "fc2") in EfficientSAM, ("lin1", "lin2")
-  in SAM's MLPBlock; the computation is the same.
-  """
+  """D -> hidden -> D with exact (erf) GELU: `fc1`, `fc2` (SAM's `lin1`, `lin2` are renamed to
+  these at conversion, sam_encoder.ENCODER_RENAMES)."""
   hidden: int
   dtype: jnp.dtype = jnp.float32
-  names: tuple[str, str] = ("fc1", "fc2")
 
   @nn.compact
   def __call__(self, x):
     d = x.shape[-1]
-    first, second = self.names
-    x = activations.gelu(precision.Dense(self.hidden, self.dtype, name=first)(x))
-    return precision.Dense(d, self.dtype, name=second)(x)
+    x = activations.gelu(precision.Dense(self.hidden, self.dtype, name="fc1")(x))
+    return precision.Dense(d, self.dtype, name="fc2")(x)
 
 
 class Block(nn.Module):

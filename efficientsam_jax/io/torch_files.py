@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-
-class TorchFileError(ValueError):
-  """The file is not a PyTorch checkpoint this reader accepts: one-line reason."""
+from efficientsam_jax.errors import UserError
 
 
 def _bfloat16():
@@ -49,11 +47,11 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused) ->
   """`torch._utils._rebuild_tensor_v2` in numpy: a strided view of the storage, copied."""
   size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
   if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
-    raise TorchFileError(f"bad tensor layout (size {size}, stride {stride}, offset {offset})")
+    raise UserError(f"bad tensor layout (size {size}, stride {stride}, offset {offset})")
   if 0 not in size:
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
-      raise TorchFileError(f"tensor of size {size} runs past its storage ({storage.size} items)")
+      raise UserError(f"tensor of size {size} runs past its storage ({storage.size} items)")
   item = storage.itemsize
   view = np.lib.stride_tricks.as_strided(storage[offset:] if storage.size else storage,
                                          size, tuple(s * item for s in stride), writeable=False)
@@ -85,24 +83,24 @@ class _Unpickler(pickle.Unpickler):
       return _ALLOWED_GLOBALS[(module, name)]
     if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise TorchFileError(f"refusing to load {module}.{name} (only tensors and dicts are read)")
+    raise UserError(f"refusing to load {module}.{name} (only tensors and dicts are read)")
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-      raise TorchFileError(f"unknown persistent id {pid!r:.80}")
+      raise UserError(f"unknown persistent id {pid!r:.80}")
     _, storage_type, key, _location, numel = pid
     if not isinstance(storage_type, _StorageType):
-      raise TorchFileError(f"unknown storage type {storage_type!r:.80}")
+      raise UserError(f"unknown storage type {storage_type!r:.80}")
     if key not in self._storages:
       try:
         raw = self._archive.read(f"{self._prefix}/data/{key}")
       except KeyError:
-        raise TorchFileError(f"storage {key} is missing from the archive") from None
+        raise UserError(f"storage {key} is missing from the archive") from None
       dtype = storage_type.dtype
       if self._byteorder == "big":
         dtype = dtype.newbyteorder(">")
       if len(raw) % dtype.itemsize:
-        raise TorchFileError(f"storage {key} has {len(raw)} bytes, not whole {dtype} items")
+        raise UserError(f"storage {key} has {len(raw)} bytes, not whole {dtype} items")
       array = np.frombuffer(raw, dtype)
       self._storages[key] = array.astype(array.dtype.newbyteorder("=")) if (
           self._byteorder == "big") else array
@@ -112,36 +110,36 @@ class _Unpickler(pickle.Unpickler):
 def load(path: str) -> Any:
   """Reads a `torch.save` zip file into nested dicts/lists of np.ndarray, without torch.
 
-  Raises TorchFileError (one line) for anything that is not such a file, a truncated or
+  Raises UserError (one line) for anything that is not such a file, a truncated or
   corrupted one, or one that pickles objects other than tensors and containers.
   """
   try:
     with zipfile.ZipFile(path) as archive:
       pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
       if len(pickles) != 1:
-        raise TorchFileError(f"{path}: not a PyTorch checkpoint (no <name>/data.pkl in the zip)")
+        raise UserError(f"{path}: not a PyTorch checkpoint (no <name>/data.pkl in the zip)")
       prefix = pickles[0].rsplit("/", 1)[0]
       byteorder = "little"
       if f"{prefix}/byteorder" in archive.namelist():
         byteorder = archive.read(f"{prefix}/byteorder").decode().strip()
       with archive.open(pickles[0]) as f:
         return _Unpickler(f, archive, prefix, byteorder).load()
-  except TorchFileError as e:
+  except UserError as e:
     message = str(e)
-    raise TorchFileError(message if message.startswith(str(path)) else f"{path}: {message}") \
+    raise UserError(message if message.startswith(str(path)) else f"{path}: {message}") \
         from None
   except FileNotFoundError:
-    raise TorchFileError(f"{path}: no such file") from None
+    raise UserError(f"{path}: no such file") from None
   except IsADirectoryError:
-    raise TorchFileError(f"{path}: is a directory, not a PyTorch file") from None
+    raise UserError(f"{path}: is a directory, not a PyTorch file") from None
   except zipfile.BadZipFile as e:
     hint = " (legacy pre-1.6 torch format is not supported)" if _is_legacy(path) else ""
-    raise TorchFileError(
+    raise UserError(
         f"{path}: not a PyTorch zip checkpoint, or truncated or corrupted ({e}){hint}") from None
   except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
           AttributeError, UnicodeDecodeError, zipfile.LargeZipFile, OSError) as e:
     # zlib/CRC errors, truncated pickles and malformed opcodes all end up here.
-    raise TorchFileError(f"{path}: corrupted PyTorch checkpoint ({type(e).__name__}: "
+    raise UserError(f"{path}: corrupted PyTorch checkpoint ({type(e).__name__}: "
                          f"{str(e)[:120]})") from None
 
 
@@ -162,7 +160,7 @@ def save(obj: Any, path: str) -> None:
   try:
     import torch
   except ImportError:
-    raise RuntimeError(f"writing {path} needs torch (pip install torch); it is not installed") \
+    raise UserError(f"writing {path} needs torch (pip install torch); it is not installed") \
         from None
   torch.save(_to_torch(obj, torch), path)
 

@@ -1,6 +1,6 @@
 """Segment everything: masks for a grid of single-point prompts, filtered and de-duplicated.
 
-    predictor = predict.Predictor.from_checkpoint("efficient_sam_vitt.pt")
+    predictor = Predictor.from_checkpoint("efficient_sam_vitt.pt")
     result = automatic.generate(predictor, image)          # (H, W, 3) uint8
     result["masks"]  # (K, H, W) bool, best first; also "iou", "stability", "boxes", "points"
 
@@ -9,7 +9,7 @@ score, box NMS) with one change that makes it cheap: every score and the NMS are
 the decoder's low-resolution logits (256 x 256 at 1024 px), and only the masks that survive
 are resized to the image. SAM upscales all 3 x 1024 candidates to full resolution first;
 that resize, not the decoder, would dominate on a CPU. All grid points go through the
-Predictor in a single jitted call (query buckets, see predict.py). The first filter is SAM's
+Predictor in a single jitted call (query buckets, see predictor.py). The first filter is SAM's
 predicted-IoU threshold, so the decoder skips the mask upscaling (about half its work) for
 queries none of whose masks pass it (`skip_low_iou_upscaling`; the result is the same).
 
@@ -181,28 +181,3 @@ def generate(predictor, image: np.ndarray, config: EverythingConfig = Everything
     merged = {k: v[keep] for k, v in merged.items()}
   order = np.argsort(-merged["iou"], kind="stable")
   return {k: v[order] for k, v in merged.items()}
-
-
-def run_cli(checkpoint: str, image: np.ndarray, output: str, model: str | None = None,
-            overlay: str | None = None, config: EverythingConfig = EverythingConfig(),
-            dtype: str = "float32") -> dict:
-  """`predict.py --everything`: segments everything in an (H, W, 3) uint8 image, writes
-  OUT.npz (masks (K, H, W) bool, iou, stability, boxes, points) and an optional overlay PNG
-  (every mask in its own colour, its prompt point marked). Returns the result."""
-  from efficientsam_jax import predict  # predict imports this module lazily, not at import
-
-  predictor = predict.Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
-  result = generate(predictor, image, config)
-  try:
-    np.savez(output, **result)
-    if overlay:
-      k = len(result["iou"])
-      logits = np.where(result["masks"], 1.0, -1.0).astype(np.float32)[:, None]
-      points = np.full((k, 1, 2), -1.0, np.float32)
-      points[:, 0] = result["points"]
-      labels = np.full((k, 1), pe.LABEL_POSITIVE, np.float32)
-      predict.overlay_image(image, logits, result["iou"][:, None], points, labels).save(
-          overlay, format="PNG")
-  except OSError as e:
-    raise predict.PromptError(f"cannot write output ({' '.join(str(e).split())})") from None
-  return result

@@ -1,6 +1,7 @@
 """PyTorch state_dict <-> flax parameter tree, by name.
 
-Our modules mirror the PyTorch parameter names, so a key maps mechanically:
+Our modules mirror the PyTorch parameter names of one naming (EfficientSAM's, where releases
+differ), so a key maps mechanically:
 `blocks.3.attn.qkv.weight` <-> ('blocks_3', 'attn', 'qkv', 'kernel'). Numeric segments join
 the segment before them (`layers.0.0` -> `layers_0_0`); the leaf name and layout follow the
 flax module that owns the tensor:
@@ -14,8 +15,13 @@ flax module that owns the tensor:
 | embedding (Embed) | weight | none |
 | anything else (bias, pos_embed, rel_pos_h, buffers) | same name | none |
 
-Every conversion checks names and shapes both ways and raises `WeightsError` naming the
-first missing, unexpected or mis-shaped tensor.
+Where a release names a module differently (SAM's decoder MLPs are `lin1`/`lin2` and
+`layers.N`, EfficientSAM's `layers.N.0`/`fc`), a `KeyRenames` table of that family maps its
+keys to ours on the way in and back on the way out (the idea of gemma's `param_remapper`):
+the modules never know which release their names came from.
+
+Every conversion checks names and shapes both ways and raises a `UserError` naming the first
+missing, unexpected or mis-shaped tensor, by the name the file uses.
 """
 import re
 from typing import Any, Iterable, Mapping
@@ -23,9 +29,53 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from efficientsam_jax.errors import UserError
 
-class WeightsError(ValueError):
-  """A state_dict does not fit the model: names the offending tensor."""
+
+class KeyRenames:
+  """Module-path renames between a release's state_dict keys and ours, both ways.
+
+  `pairs` are (release, ours) templates of module paths, "{i}" standing for a number, e.g.
+  ("transformer.layers.{i}.mlp.lin1", "transformer.layers.{i}.mlp.layers.0.0"). A template
+  matches a key's whole module path from its start, followed by exactly one leaf (`.weight`,
+  `.bias`, ...), so applying a table to keys that already have the target naming changes
+  nothing. `under("mask_decoder.")` puts a submodule's table under its parent's name; `+`
+  joins tables.
+  """
+
+  def __init__(self, pairs: Iterable[tuple[str, str]] = ()):
+    self.pairs = tuple(pairs)
+    self._to_ours = [(self._regex(a), self._replacement(b)) for a, b in self.pairs]
+    self._to_release = [(self._regex(b), self._replacement(a)) for a, b in self.pairs]
+
+  @staticmethod
+  def _regex(template: str) -> re.Pattern:
+    body = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)")
+    return re.compile("^" + body + r"(?P<leaf>\.[A-Za-z_]+)$")
+
+  @staticmethod
+  def _replacement(template: str):
+    return lambda m: template.replace("{i}", m.groupdict().get("i") or "") + m.group("leaf")
+
+  @staticmethod
+  def _apply(rules, key: str) -> str:
+    for pattern, replace in rules:
+      match = pattern.match(key)
+      if match:
+        return replace(match)
+    return key
+
+  def under(self, prefix: str) -> "KeyRenames":
+    return KeyRenames((prefix + a, prefix + b) for a, b in self.pairs)
+
+  def __add__(self, other: "KeyRenames") -> "KeyRenames":
+    return KeyRenames(self.pairs + other.pairs)
+
+  def to_ours(self, key: str) -> str:
+    return self._apply(self._to_ours, key)
+
+  def to_release(self, key: str) -> str:
+    return self._apply(self._to_release, key)
 
 
 def torch_key_to_path(key: str) -> tuple[str, ...]:
@@ -72,48 +122,55 @@ def _torch_name(path: tuple[str, ...], prefix: str) -> str:
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], abstract_params: Mapping, prefix: str = "",
-                  conv_transpose: Iterable[str] = (), ignore: Iterable[str] = ()) -> dict:
+                  conv_transpose: Iterable[str] = (), ignore: Iterable[str] = (),
+                  renames: KeyRenames = KeyRenames()) -> dict:
   """Builds the flax params whose shapes are `abstract_params` from `state_dict[prefix + ...]`.
 
   Args:
     state_dict: torch key -> array (np.ndarray or anything np.asarray takes).
     abstract_params: the flax params tree (arrays or ShapeDtypeStructs) to fill.
     prefix: e.g. "image_encoder." to read one submodule of a whole-model state_dict.
-    conv_transpose: torch module names (without prefix) that are ConvTranspose layers.
+    conv_transpose: our torch-style module names (without prefix) of ConvTranspose layers.
     ignore: torch keys (with prefix) that may be present without a flax counterpart.
+    renames: the release's key names -> ours (errors name the release's keys).
   Returns: a nested dict of np.ndarrays (dtypes as stored; bits untouched).
   """
   conv_transpose = {prefix + name for name in conv_transpose}
-  wanted = set(k for k in state_dict if k.startswith(prefix)) - set(ignore)
+  ours = {renames.to_ours(k): k for k in state_dict if k.startswith(prefix) and k not in ignore}
+  wanted = set(ours)
   flat = {}
   for path, leaf in traverse_util.flatten_dict(dict(abstract_params)).items():
     name = _torch_name(path, prefix)
-    if name not in state_dict:
-      raise WeightsError(f"missing tensor {name!r} (expected shape {tuple(leaf.shape)})")
-    value = np.asarray(state_dict[name])
+    key = ours.get(name)
+    if key is None:
+      raise UserError(f"missing tensor {renames.to_release(name)!r} (expected shape "
+                      f"{tuple(leaf.shape)})")
+    value = np.asarray(state_dict[key])
     module = name.rsplit(".", 1)[0]
     value = _to_flax_layout(path[-1], value, module in conv_transpose)
     if tuple(value.shape) != tuple(leaf.shape):
-      raise WeightsError(f"tensor {name!r} has shape {tuple(np.asarray(state_dict[name]).shape)}"
-                         f", which does not fit {tuple(leaf.shape)} (flax layout)")
+      raise UserError(f"tensor {key!r} has shape {tuple(np.asarray(state_dict[key]).shape)}, "
+                      f"which does not fit {tuple(leaf.shape)} (flax layout)")
     flat[path] = value
     wanted.discard(name)
   if wanted:
-    raise WeightsError(f"unexpected tensor {sorted(wanted)[0]!r}"
-                       f" ({len(wanted)} unexpected in all)")
+    raise UserError(f"unexpected tensor {ours[sorted(wanted)[0]]!r}"
+                    f" ({len(wanted)} unexpected in all)")
   return traverse_util.unflatten_dict(flat)
 
 
-def flax_to_torch(params: Mapping, prefix: str = "",
-                  conv_transpose: Iterable[str] = ()) -> dict[str, np.ndarray]:
-  """Flattens flax params into torch-named numpy arrays (layouts transposed back)."""
+def flax_to_torch(params: Mapping, prefix: str = "", conv_transpose: Iterable[str] = (),
+                  renames: KeyRenames = KeyRenames()) -> dict[str, np.ndarray]:
+  """Flattens flax params into torch-named numpy arrays (layouts transposed back, keys in
+  the release's naming given by `renames`)."""
   conv_transpose = {prefix + name for name in conv_transpose}
   out = {}
   for path, leaf in traverse_util.flatten_dict(dict(params)).items():
     name = _torch_name(path, prefix)
     value = np.asarray(leaf)
     module = name.rsplit(".", 1)[0]
-    out[name] = np.ascontiguousarray(_to_torch_layout(path[-1], value, module in conv_transpose))
+    out[renames.to_release(name)] = np.ascontiguousarray(
+        _to_torch_layout(path[-1], value, module in conv_transpose))
   return out
 
 
@@ -133,15 +190,3 @@ def sort_torch_keys(state_dict: Mapping[str, Any], order: Iterable[str]) -> dict
   return {k: state_dict[k] for k in sorted(state_dict, key=key)}
 
 
-def load_torch_file(path: str) -> dict[str, np.ndarray]:
-  """Reads a PyTorch checkpoint into name -> numpy array.
-
-  Accepts a plain state_dict (SAM) or {"model": state_dict} (EfficientSAM).
-  """
-  from efficientsam_jax import torch_io  # local: reading needs no torch, see torch_io
-  obj = torch_io.load(path)
-  if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-    obj = obj["model"]
-  if not isinstance(obj, Mapping):
-    raise WeightsError(f"{path}: not a state_dict (found {type(obj).__name__})")
-  return {k: np.asarray(v) for k, v in obj.items()}

@@ -1,14 +1,19 @@
 """What every trainer shares: mesh, sharded state, the jitted step with its non-finite guard,
 resume/init order, checkpoints (with the data iterator), preemption, one-step-late metrics.
 
-A trainer defines a `Task` (its model, loss, data and any frozen inputs) and calls
+A trainer defines a `Task` (its model, loss, data and, if it has one, its teacher) and calls
 `train(config, workdir, task)`. Resume order: the latest checkpoint in the workdir, else
 `task.init_from_params` (config.init_from), else a fresh init from `config.seed`.
+
+Two words, two things: the *teacher* is arrays passed into every step that are never trained
+nor checkpointed (SAMI's SAM image encoder); *frozen* parameters are parameters of the
+trained model that the optimiser never updates (a model's buffers, `optimizer.frozen`).
 """
+import abc
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,32 +21,54 @@ import numpy as np
 import optax
 from absl import logging
 
-from efficientsam_jax import checkpointing, optim, runtime, sharding
+from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
-from efficientsam_jax.metric_writers import MetricWriter
+from efficientsam_jax.io import checkpoints as checkpoints_lib
+from efficientsam_jax.train import optim, runtime, sharding
+from efficientsam_jax.train.metrics import MetricWriter
 
 
-class Task:
-  """The trainer-specific half. Subclasses set `self.config` and implement:
+class Task(abc.ABC):
+  """The trainer-specific half of a run: its model, loss, data and teacher.
 
-  init_params(rng) -> params (pure, jitted with out_shardings).
-  loss_fn(params, frozen, batch, step) -> (scalar loss, dict of scalar metrics); the metrics
-      must include "valid_images" (int count of real examples in the batch).
-  batch_spec() -> {name: (shape, dtype)} of the GLOBAL batch (leading axis = batch_size).
-  make_iterator() -> this host's checkpointable iterator of numpy batches.
-  Optional: abstract_frozen / load_frozen (data that is passed into the step, never trained
-  nor checkpointed, e.g. a teacher), init_from_params (numpy params or None), and
-  optimizer_config (a config with `optimizer`, `batch_size`, `total_steps`).
+  Everything a Task needs is in its config, given to the constructor; no method changes the
+  Task or the config.
   """
-  config: Any
 
-  def abstract_frozen(self, mesh, rules, min_size):
-    """ShapeDtypeStructs (with shardings) of the frozen inputs; None when there are none."""
+  def __init__(self, config):
+    self.config = config
+
+  @abc.abstractmethod
+  def init_params(self, rng):
+    """rng -> params (pure; jitted with the parameters' output shardings)."""
+
+  @abc.abstractmethod
+  def loss_fn(self, params, teacher, batch, step):
+    """-> (scalar loss, dict of scalar metrics); the metrics include "valid_images" (the
+    count of real examples in the batch). `teacher` is `load_teacher`'s arrays or None."""
+
+  @abc.abstractmethod
+  def batch_spec(self) -> dict:
+    """{name: (shape, dtype)} of the GLOBAL batch (leading axis = batch_size)."""
+
+  @abc.abstractmethod
+  def make_iterator(self):
+    """This host's checkpointable (grain) iterator of numpy batches."""
+
+  def frozen(self) -> tuple[str, ...]:
+    """Regexes of '/'-joined parameter paths the optimiser never updates: the model's
+    buffers (a task with such a model adds them) and the config's `optimizer.frozen`."""
+    return tuple(self.config.optimizer.get("frozen") or ())
+
+  def abstract_teacher(self, mesh, rules, min_size):
+    """ShapeDtypeStructs (with shardings) of the teacher's arrays; None without a teacher.
+    Reads no file: enough to compile the step."""
     del mesh, rules, min_size
     return None
 
-  def load_frozen(self, abstract_frozen):
-    del abstract_frozen
+  def load_teacher(self, abstract_teacher):
+    """The teacher's arrays, placed as `abstract_teacher` says; None without a teacher."""
+    del abstract_teacher
     return None
 
   def init_from_params(self, abstract_params):
@@ -53,17 +80,17 @@ class Task:
 
 
 def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool):
-  """(params, opt_state, frozen, batch, step) -> (params, opt_state, metrics).
+  """(params, opt_state, teacher, batch, step) -> (params, opt_state, metrics).
 
   Metrics: the task's, plus loss, learning_rate, grad/update/param norms and, with
   skip_nonfinite, skipped_update (1 when a non-finite step was dropped).
   """
 
-  def train_step(params, opt_state, frozen, batch, step):
+  def train_step(params, opt_state, teacher, batch, step):
     # allow_int: integer leaves (BatchNorm's num_batches_tracked counter in TinyViT) get
     # float0 gradients; they become zeros of the leaf's dtype, and the optimiser freezes them.
     (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)(
-        params, frozen, batch, step)
+        params, teacher, batch, step)
     grads = jax.tree.map(
         lambda g, p: jnp.zeros_like(p) if g.dtype == jax.dtypes.float0 else g, grads, params)
     updates, new_opt_state = tx.update(grads, opt_state, params)
@@ -109,14 +136,14 @@ class Setup:
                       f"{self.mesh.size} devices of the mesh")
     self.init_fn = task.init_params
     self.abstract_params = jax.eval_shape(self.init_fn, jax.random.key(config.seed))
-    self.tx, self.schedule = optim.make_optimizer(config, self.abstract_params)
+    self.tx, self.schedule = optim.make_optimizer(config, self.abstract_params, task.frozen())
     self.abstract_opt_state = jax.eval_shape(self.tx.init, self.abstract_params)
     rules, min_size = list(config.sharding.rules), config.sharding.fsdp_min_size
     self.param_shardings = sharding.tree_shardings(self.mesh, self.abstract_params, rules,
                                                    min_size)
     self.opt_shardings = sharding.tree_shardings(self.mesh, self.abstract_opt_state, rules,
                                                  min_size)
-    self.abstract_frozen = task.abstract_frozen(self.mesh, rules, min_size)
+    self.abstract_teacher = task.abstract_teacher(self.mesh, rules, min_size)
 
   @property
   def checkpoint_bytes(self) -> int:
@@ -135,7 +162,7 @@ class Setup:
     return jax.jit(
         step,
         in_shardings=(self.param_shardings, self.opt_shardings,
-                      jax.tree.map(lambda x: x.sharding, self.abstract_frozen),
+                      jax.tree.map(lambda x: x.sharding, self.abstract_teacher),
                       {k: batch_shard for k in self.task.batch_spec()},
                       sharding.replicated(self.mesh)),
         out_shardings=(self.param_shardings, self.opt_shardings,
@@ -143,12 +170,12 @@ class Setup:
         donate_argnums=(0, 1))
 
   def compile(self):
-    """Compiles the step from shapes alone: no weights, no data, no frozen files read."""
+    """Compiles the step from shapes alone: no weights, no data, no teacher file read."""
     with jax.set_mesh(self.mesh):
       return self.jitted_step().lower(
           sharding.with_shardings(self.abstract_params, self.param_shardings),
           sharding.with_shardings(self.abstract_opt_state, self.opt_shardings),
-          self.abstract_frozen, self.abstract_batch(),
+          self.abstract_teacher, self.abstract_batch(),
           jax.ShapeDtypeStruct((), jnp.int32)).compile()
 
 
@@ -178,7 +205,8 @@ def initial_state(setup: Setup, checkpoints, train_iter):
     logging.info("resuming from step %d in %s", start_step, checkpoints.directory)
     params, opt_state = checkpoints.restore(
         start_step, sharding.with_shardings(setup.abstract_params, setup.param_shardings),
-        sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings), train_iter)
+        sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings),
+        data.iterator_restore_args(train_iter))
     return params, opt_state, start_step
   loaded = setup.task.init_from_params(setup.abstract_params)
   if loaded is not None:
@@ -214,11 +242,11 @@ def train(config, workdir: str, task: Task) -> dict:
   train_iter = task.make_iterator()
 
   # --- State: restore, or init_from, or born sharded ---------------------------------------
-  checkpoints = checkpointing.TrainCheckpoints(workdir, config.keep_checkpoints,
-                                               config.async_checkpointing)
+  checkpoints = checkpoints_lib.TrainCheckpoints(workdir, config.keep_checkpoints,
+                                                 config.async_checkpointing)
   params, opt_state, start_step = initial_state(setup, checkpoints, train_iter)
-  # Frozen inputs (a teacher): loaded once, placed by the same rules, never checkpointed.
-  frozen = task.load_frozen(setup.abstract_frozen)
+  # The teacher: loaded once, placed by the same rules, never checkpointed.
+  teacher = task.load_teacher(setup.abstract_teacher)
   step_fn = setup.jitted_step()
 
   # --- Loop --------------------------------------------------------------------------------
@@ -244,7 +272,7 @@ def train(config, workdir: str, task: Task) -> dict:
     with jax.set_mesh(mesh):
       for step in range(start_step, config.total_steps):
         batch = sharding.host_batch_to_global(next(train_iter), mesh)
-        params, opt_state, metrics = step_fn(params, opt_state, frozen, batch,
+        params, opt_state, metrics = step_fn(params, opt_state, teacher, batch,
                                              jnp.asarray(step, jnp.int32))
         if step == start_step:
           jax.block_until_ready(metrics)
@@ -259,7 +287,7 @@ def train(config, workdir: str, task: Task) -> dict:
         if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
           finish(*pending)  # never checkpoint a state whose loss was not checked
           pending = None
-          checkpoints.save(done, params, opt_state, train_iter)
+          checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
         if preempted:
           checkpoints.close()
           raise runtime.Preempted(done)

@@ -22,7 +22,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from efficientsam_jax import masking
+from efficientsam_jax.tasks.sami import masking
 from efficientsam_jax.models import attention, precision, tiny_vit, vit
 
 DECODER_KINDS = ("cross", "all")

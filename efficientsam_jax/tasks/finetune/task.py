@@ -15,46 +15,46 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from efficientsam_jax import data, model_files, prompts
+from efficientsam_jax import data
 from efficientsam_jax.data import demo_sa1b
 from efficientsam_jax.errors import UserError
-from efficientsam_jax.losses import segmentation as seg_losses
-from efficientsam_jax.models import efficient_sam as es
-from efficientsam_jax.models import precision
-from efficientsam_jax.trainers import loop
+from efficientsam_jax.io import model_files
+from efficientsam_jax.models import efficient_sam, precision
+from efficientsam_jax.tasks.finetune import loss as seg_losses
+from efficientsam_jax.tasks.finetune import prompts
+from efficientsam_jax.tasks.finetune.model import SIZES, model_config
+from efficientsam_jax.train import loop
 
 DEMO_SUBDIR = "demo_data"
-
-
-def model_config(config) -> es.EfficientSamConfig:
-  m = config.model
-  return es.EfficientSamConfig(encoder=m.size, image_size=m.image_size,
-                               encoder_depth=m.get("encoder_depth"),
-                               dtype=m.get("dtype", "float32"), remat=bool(m.get("remat", False)))
 
 
 class EfficientSamTask(loop.Task):
   """EfficientSAM's model, losses, prompt simulation and data for the shared loop."""
 
-  def __init__(self, config, workdir: str):
-    self.config, self.workdir = config, workdir
+  def __init__(self, config):
+    super().__init__(config)
+    if config.data.source not in ("sa1b", "coco"):
+      raise UserError(f"data.source must be 'sa1b', 'coco' or 'demo', got {config.data.source!r}")
     if config.model.image_size % 16 or config.data.image_size != config.model.image_size:
       raise UserError(f"data.image_size ({config.data.image_size}) must equal model.image_size "
                       f"({config.model.image_size}), a multiple of 16")
     if config.data.mask_size != config.model.image_size // 4:
       raise UserError(f"data.mask_size must be model.image_size / 4 = "
                       f"{config.model.image_size // 4} (the decoder's low-res output)")
-    if config.model.size not in es.MODELS.values():
-      raise UserError(f"model.size must be one of {sorted(es.MODELS.values())}")
+    if config.model.size not in SIZES:
+      raise UserError(f"model.size must be one of {sorted(SIZES)}")
     if config.model.get("dtype", "float32") not in precision.DTYPES:
       raise UserError(f"model.dtype must be one of {', '.join(precision.DTYPES)}, got "
                       f"{config.model.dtype!r}")
-    self.model = es.EfficientSam(model_config(config))
+    self.model_config = model_config(config.model)
+    self.model = efficient_sam.EfficientSam(self.model_config)
 
   def init_params(self, rng):
-    s = self.config.model.image_size
-    return self.model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, 1, 1, 2)),
-                           jnp.zeros((1, 1, 1)), scale_to_original_image_size=False)["params"]
+    return self.model.init(rng, *efficient_sam.FAMILY.init_args(self.model_config),
+                           method=self.model.init_all)["params"]
+
+  def frozen(self):
+    return efficient_sam.FAMILY.buffers + super().frozen()
 
   def batch_spec(self):
     b, d = self.config.batch_size, self.config.data
@@ -64,14 +64,6 @@ class EfficientSamTask(loop.Task):
             "valid": ((b,), jnp.int32)}
 
   def make_iterator(self):
-    d = self.config.data
-    if d.source == "demo":
-      # Generated once into the workdir (every process writes the same bytes).
-      train_dir, val_dir, coco = demo_sa1b.ensure_demo_dataset(
-          os.path.join(self.workdir, DEMO_SUBDIR), d.demo.num_train, d.demo.num_val,
-          d.demo.image_size, d.demo.seed)
-      logging.info("demo data: train %s; held-out %s with %s", train_dir, val_dir, coco)
-      d.source, d.path = "sa1b", train_dir  # values only: the locked config allows it
     return data.make_segmentation_iterator(self.config)
 
   def init_from_params(self, abstract_params):
@@ -79,26 +71,26 @@ class EfficientSamTask(loop.Task):
     if not path:
       return None
     try:
-      name, params = model_files.load(path)
-    except model_files.ModelFileError as e:
+      loaded = model_files.load(path)
+    except UserError as e:
       raise UserError(f"config.init_from: {e}") from None
-    if es.MODELS[name] != self.config.model.size:
-      raise UserError(f"config.init_from {path} holds {name}, but model.size is "
+    if loaded.name != self.model_config.name:
+      raise UserError(f"config.init_from {path} holds {loaded.name}, but model.size is "
                       f"{self.config.model.size}")
-    logging.info("initialised from %s (%s)", path, name)
-    return params
+    logging.info("initialised from %s (%s)", path, loaded.name)
+    return loaded.params
 
-  def loss_fn(self, params, frozen, batch, step):
+  def loss_fn(self, params, teacher, batch, step):
     """Loss of one batch (see batch_spec); metrics of the first and the last prompt round."""
-    del frozen
+    del teacher
     c, p = self.config, self.config.prompts
     size = c.model.image_size
     apply = lambda *args, **kw: self.model.apply({"params": params}, *args, **kw)
     rng = jax.random.fold_in(jax.random.key(c.seed), step)
     masks = batch["masks"].astype(bool)
     weights = batch["mask_valid"] * batch["valid"][:, None]
-    embeddings = apply(batch["image"], method=es.EfficientSam.encode)
-    num_points = self.model.config.max_num_points
+    embeddings = apply(batch["image"], method=self.model.encode)
+    num_points = self.model_config.max_num_points
     points, labels, slot = prompts.initial_prompts(
         jax.random.fold_in(rng, 0), batch["boxes"], masks, size, num_points,
         p.box_probability, p.box_noise_std, p.box_max_noise)
@@ -106,7 +98,7 @@ class EfficientSamTask(loop.Task):
     total, metrics = 0.0, {}
     for r in range(rounds):
       logits, iou = apply(embeddings, points, labels.astype(jnp.float32), (size, size),
-                          method=es.EfficientSam.predict_masks)
+                          method=self.model.predict_masks)
       loss, parts, best = seg_losses.multimask_loss(
           logits, iou, masks, weights, c.loss.focal_weight, c.loss.dice_weight,
           c.loss.iou_weight)
@@ -126,12 +118,28 @@ class EfficientSamTask(loop.Task):
     return total / rounds, metrics
 
 
+def with_demo_data(config, workdir: str):
+  """A `data.source="demo"` config -> a copy that reads the generated SA-1B-format set,
+  written (once) into WORKDIR/demo_data (every process writes the same bytes); any other
+  config unchanged. Returns (config, held-out folder or None)."""
+  d = config.data
+  if d.source != "demo":
+    return config, None
+  train_dir, val_dir, coco = demo_sa1b.ensure_demo_dataset(
+      os.path.join(workdir, DEMO_SUBDIR), d.demo.num_train, d.demo.num_val, d.demo.image_size,
+      d.demo.seed)
+  logging.info("demo data: train %s; held-out %s with %s", train_dir, val_dir, coco)
+  config = config.copy_and_resolve_references()
+  config.data.update(source="sa1b", path=train_dir)
+  return config, val_dir
+
+
 def train(config, workdir: str) -> dict:
   """Runs EfficientSAM finetuning in `workdir`; returns the last logged metrics."""
-  task = EfficientSamTask(config, workdir)
-  record = loop.train(config, workdir, task)
-  if config.data.get("demo") and config.data.path.endswith(os.path.join(DEMO_SUBDIR, "train")):
-    val = os.path.join(workdir, DEMO_SUBDIR, "val")
+  config, val_dir = with_demo_data(config, workdir)
+  record = loop.train(config, workdir, EfficientSamTask(config))
+  if val_dir and jax.process_index() == 0:
     print(f"held-out demo images: python -m efficientsam_jax.evaluate --checkpoint={workdir} "
-          f"--images={val} --annotations={os.path.join(val, 'instances.json')} --prompt=box")
+          f"--images={val_dir} --annotations={os.path.join(val_dir, 'instances.json')} "
+          "--prompt=box")
   return record

@@ -8,12 +8,10 @@ Exit statuses of `python -m efficientsam_jax.main` (launch scripts rely on them)
   75  stopped by SIGTERM (preemption) after saving a checkpoint at the current step; run the
       same command again to resume (75 is EX_TEMPFAIL: "try again").
 """
-import ctypes
 import hashlib
 import os
 import shutil
 import signal
-import sys
 
 import jax
 import numpy as np
@@ -21,7 +19,6 @@ from absl import logging
 
 from efficientsam_jax.errors import UserError
 
-EXIT_USER_ERROR = 2
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75
 
@@ -37,34 +34,6 @@ class Preempted(Exception):
 
 class NonFiniteError(Exception):
   """A non-finite loss or parameter norm with nonfinite_policy=stop."""
-
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_host_memory() -> bool:
-  """Makes glibc keep freed host memory for reuse instead of returning it to the system.
-
-  XLA's CPU runtime allocates its buffers with malloc on every call. With glibc's defaults,
-  buffers above a (dynamic) threshold are fresh mmaps and freed heap tops are trimmed, so
-  every call page-faults its working set in again: the SAM ViT-B encoder at 1024 px took
-  ~1.9 million minor faults and 4.24 s per call on 2 cores, 0.14 million and 3.07 s with
-  allocations up to 32 MB served from the heap and the heap never trimmed below 2 GB
-  (docs/performance.md). The cost is a resident set that stays at its peak, which is what
-  a training or serving process does anyway. Called by the command-line entry points; a
-  no-op off glibc, or when the user set MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_THRESHOLD_.
-  Returns whether the settings were applied.
-  """
-  if not sys.platform.startswith("linux") or any(
-      k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
-    return False
-  try:
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-  except (OSError, AttributeError):  # not glibc (musl, ...)
-    return False
-  # Both are needed: either alone measured slower than the defaults (more faults, not fewer).
-  return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def in_cluster() -> bool:

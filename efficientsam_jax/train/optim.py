@@ -39,10 +39,10 @@ def _path_labels(params, patterns, label: str, default: str):
   return traverse_util.unflatten_dict(labels)
 
 
-def make_optimizer(config, params_shape):
-  """AdamW with decoupled weight decay masked off `optimizer.no_decay` paths; params whose
-  path matches `optimizer.frozen`, and integer leaves (counters), get no update and no
-  optimiser state."""
+def make_optimizer(config, params_shape, frozen: tuple[str, ...] = ()):
+  """AdamW with decoupled weight decay masked off `optimizer.no_decay` paths. Parameters
+  whose '/'-joined path matches a regex of `frozen` (the task's: its model's buffers plus
+  `optimizer.frozen`), and integer leaves (counters), get no update and no optimiser state."""
   opt = config.optimizer
   schedule = make_schedule(config)
   decay_mask = _path_labels(params_shape, opt.no_decay, "no", "yes")
@@ -51,7 +51,7 @@ def make_optimizer(config, params_shape):
                       weight_decay=opt.weight_decay, mask=decay_mask)
   chain = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.get("grad_clip_norm") else []
   tx = optax.chain(*chain, adamw)
-  labels = _path_labels(params_shape, opt.get("frozen") or (), "frozen", "trained")
+  labels = _path_labels(params_shape, tuple(frozen), "frozen", "trained")
   labels = jax.tree.map(
       lambda label, x: label if jnp.issubdtype(x.dtype, jnp.inexact) else "frozen", labels,
       params_shape)

@@ -18,13 +18,15 @@ model, loss and data).
 import jax
 import jax.numpy as jnp
 
-from efficientsam_jax import data, masking, model_files, teacher
+from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
-from efficientsam_jax.losses import sami as sami_losses
-from efficientsam_jax.models import precision
-from efficientsam_jax.models import sami as sami_model
-from efficientsam_jax.models import tiny_vit, vit
-from efficientsam_jax.trainers import loop
+from efficientsam_jax.io import model_files
+from efficientsam_jax.models import precision, tiny_vit, vit
+from efficientsam_jax.tasks.sami import loss as sami_losses
+from efficientsam_jax.tasks.sami import masking
+from efficientsam_jax.tasks.sami import student as sami_model
+from efficientsam_jax.tasks.sami.teacher import Teacher, feature_dim
+from efficientsam_jax.train import loop
 
 STUDENT_KINDS = ("vit", "tiny_vit")
 
@@ -51,7 +53,7 @@ def build_student(config):
   """SAMI (masked ViT + decoder) or, with decoder.kind="none", EncoderStudent."""
   s = config.student
   overrides = dict(s.get("overrides", {}))
-  target_dim = teacher.feature_dim(config.teacher)
+  target_dim = feature_dim(config.teacher)
   if s.dtype not in precision.DTYPES:
     raise UserError(f"config.student.dtype must be one of {', '.join(precision.DTYPES)}, got "
                     f"{s.dtype!r}")
@@ -68,22 +70,21 @@ def build_student(config):
 
 
 class SamiTask(loop.Task):
-  """Model, loss and data for the shared loop; the frozen input is the teacher (None when
-  its targets come from a cache, inside each batch)."""
+  """Model, loss and data for the shared loop. The teacher is the SAM encoder, or nothing
+  when its targets come from a cache (inside each batch)."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     check_objective(config)
     self.student = build_student(config)
     self.masked = config.decoder.kind != sami_model.NO_DECODER
     self.cache_dir = config.teacher.get("cache_dir")
-    self.teacher_spec = teacher.TeacherSpec.from_config(
-        config.teacher, need_weights=not (config.compile_only or self.cache_dir))
+    self.teacher = Teacher(config.teacher,
+                           need_weights=not (config.compile_only or self.cache_dir))
     # Student (patch 16, or TinyViT's stride 16) and teacher share one token grid.
-    self.grid = config.data.image_size // self.teacher_spec.encoder_config.patch_size
+    self.grid = config.data.image_size // self.teacher.encoder_config.patch_size
     self.num_tokens = self.grid ** 2
     self.keep = masking.num_kept(self.num_tokens, config.mask_ratio)
-    self.teacher_apply = None
 
   def init_params(self, rng):
     size = self.config.data.image_size
@@ -93,16 +94,23 @@ class SamiTask(loop.Task):
     ids = masking.random_masking(jax.random.key(0), 1, self.num_tokens, self.keep)
     return self.student.init(rng, images, *ids)["params"]
 
+  def frozen(self):
+    """TinyViT's BatchNorm statistics are buffers (it runs BN with stored statistics)."""
+    buffers = ()
+    if self.config.student.get("kind", "vit") == "tiny_vit":
+      buffers = tuple(r"^image_encoder/.*" + p for p in tiny_vit.NON_TRAINABLE)
+    return buffers + super().frozen()
+
   def init_from_params(self, abstract_params):
     """Distillation starts from any model whose image encoder fits the student (a released
     mobile_sam.pt for TinyViT, an EfficientSAM .pt or SAMI workdir for a ViT)."""
     if self.masked or not self.config.get("init_from"):
       return super().init_from_params(abstract_params)
     try:
-      _, params = model_files.load(self.config.init_from)
-    except model_files.ModelFileError as e:
-      raise UserError(f"config.init_from: {e}") from e
-    return {"image_encoder": params["image_encoder"]}
+      loaded = model_files.load(self.config.init_from)
+    except UserError as e:
+      raise UserError(f"config.init_from: {e}") from None
+    return {"image_encoder": loaded.params["image_encoder"]}
 
   def batch_spec(self):
     c = self.config
@@ -110,23 +118,18 @@ class SamiTask(loop.Task):
     spec = {"image": ((c.batch_size, size, size, 3), jnp.float32),
             "valid": ((c.batch_size,), jnp.int32)}
     if self.cache_dir:
-      spec["target"] = ((c.batch_size, self.grid, self.grid, teacher.feature_dim(c.teacher)),
+      spec["target"] = ((c.batch_size, self.grid, self.grid, self.teacher.feature_dim),
                         jnp.bfloat16)
     return spec
 
   def make_iterator(self):
     return data.make_train_iterator(self.config)
 
-  def abstract_frozen(self, mesh, rules, min_size):
-    if self.cache_dir:
-      return None
-    self.teacher_apply, abstract = teacher.abstract(self.teacher_spec, mesh, rules, min_size)
-    return abstract
+  def abstract_teacher(self, mesh, rules, min_size):
+    return None if self.cache_dir else self.teacher.abstract_params(mesh, rules, min_size)
 
-  def load_frozen(self, abstract_frozen):
-    if self.cache_dir:
-      return None
-    return teacher.load_params(self.teacher_spec, abstract_frozen)
+  def load_teacher(self, abstract_teacher):
+    return None if self.cache_dir else self.teacher.load_params(abstract_teacher)
 
   def loss_fn(self, params, teacher_params, batch, step):
     """Reconstruction loss of one batch: images (B, S, S, 3), valid (B,), and with a cache
@@ -137,7 +140,7 @@ class SamiTask(loop.Task):
     if self.cache_dir:
       target = batch["target"]
     else:  # the teacher is data: evaluated, never differentiated
-      target = jax.lax.stop_gradient(self.teacher_apply(teacher_params, images))
+      target = jax.lax.stop_gradient(self.teacher.apply(teacher_params, images))
     target = target.astype(jnp.float32).reshape(b, self.num_tokens, -1)
     student_images = images.astype(self.student.dtype)
     if self.masked:
@@ -154,11 +157,6 @@ class SamiTask(loop.Task):
         pred, target, masked, valid, kind=loss_cfg.kind, masked_only=loss_cfg.masked_only,
         normalise_target=loss_cfg.normalise_target)
     return loss, {"valid_images": jnp.sum(valid)}
-
-
-def Setup(config) -> loop.Setup:  # pylint: disable=invalid-name
-  """The shared loop's Setup for SAMI (kept under this name for tools that build it)."""
-  return loop.Setup(config, SamiTask(config))
 
 
 def train(config, workdir: str) -> dict:

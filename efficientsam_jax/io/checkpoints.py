@@ -3,8 +3,9 @@
 Two kinds of checkpoint:
 - Training checkpoints in `WORKDIR/checkpoints/<step>/`, composite items `params`,
   `opt_state`, `progress` (JSON: step) and `data` (the grain iterator position, one file per
-  process). Orbax writes each into a temporary directory and renames it when complete, so a
-  run killed mid-save never sees a half-written checkpoint. The frozen teacher is never saved.
+  process; the caller passes its Orbax args, so this module never imports grain). Orbax writes
+  each into a temporary directory and renames it when complete, so a run killed mid-save
+  never sees a half-written checkpoint. A teacher is never saved.
 - Parameter checkpoints (what `convert` writes): a directory with items `params` and
   `metadata` (JSON: model name, format version, anything the writer adds).
 """
@@ -14,13 +15,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from efficientsam_jax import data
+from efficientsam_jax.errors import UserError
 
 CHECKPOINTS_SUBDIR = "checkpoints"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing or does not fit: one-line message for the user."""
 
 
 def _host_target(item_directory: str):
@@ -53,30 +50,28 @@ class TrainCheckpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, params, opt_state, data_iterator=None) -> None:
-    """Starts saving (returns before the write ends when asynchronous)."""
+  def save(self, step: int, params, opt_state, data_args=None) -> None:
+    """Starts saving (returns before the write ends when asynchronous). data_args: Orbax
+    save args of the data iterator's position (data.iterator_save_args)."""
     items = dict(params=ocp.args.StandardSave(params),
                  opt_state=ocp.args.StandardSave(opt_state),
                  progress=ocp.args.JsonSave({"step": int(step)}))
-    if data_iterator is not None:
-      items["data"] = data.iterator_save_args(data_iterator)
+    if data_args is not None:
+      items["data"] = data_args
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, step: int, abstract_params, abstract_opt_state, data_iterator=None):
-    """Restores (params, opt_state) onto the shardings of the abstract trees; moves the
-    iterator in place to its saved position."""
+  def restore(self, step: int, abstract_params, abstract_opt_state, data_args=None):
+    """Restores (params, opt_state) onto the shardings of the abstract trees; data_args
+    (data.iterator_restore_args) moves the iterator in place to its saved position."""
     items = dict(params=ocp.args.StandardRestore(abstract_params),
                  opt_state=ocp.args.StandardRestore(abstract_opt_state),
                  progress=ocp.args.JsonRestore())
-    if data_iterator is not None:
-      items["data"] = data.iterator_restore_args(data_iterator)
+    if data_args is not None:
+      items["data"] = data_args
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if restored["progress"]["step"] != step:
-      raise CheckpointError(f"checkpoint {step} says it is step {restored['progress']['step']}")
+      raise UserError(f"checkpoint {step} says it is step {restored['progress']['step']}")
     return restored["params"], restored["opt_state"]
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for the last save to be complete on disk; safe to call twice."""
@@ -94,12 +89,12 @@ def latest_workdir_params(workdir: str, abstract_params=None) -> Any:
   """Parameters of the latest checkpoint in a training workdir (numpy/jax arrays)."""
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_SUBDIR)
   if not os.path.isdir(directory):
-    raise CheckpointError(f"{workdir} is not a training workdir (no {CHECKPOINTS_SUBDIR}/)")
+    raise UserError(f"{workdir} is not a training workdir (no {CHECKPOINTS_SUBDIR}/)")
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True)) as manager:
     step = manager.latest_step()
     if step is None:
-      raise CheckpointError(f"{workdir} has no finished checkpoint yet")
+      raise UserError(f"{workdir} has no finished checkpoint yet")
     restored = manager.restore(step, args=ocp.args.Composite(
         params=_restore_args_for(abstract_params, os.path.join(directory, str(step), "params"))))
   return restored["params"]
@@ -109,7 +104,7 @@ def save_params(directory: str, params, metadata: dict) -> None:
   """Writes a parameter checkpoint (Orbax) with a JSON metadata item; refuses to overwrite."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory):
-    raise CheckpointError(f"{directory} exists; choose a new output path")
+    raise UserError(f"{directory} exists; choose a new output path")
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     checkpointer.save(directory, ocp.args.Composite(
         params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(dict(metadata))))
@@ -119,14 +114,9 @@ def restore_params(directory: str, abstract_params=None) -> tuple[Any, dict]:
   """Reads a parameter checkpoint written by save_params: (params, metadata)."""
   directory = os.path.abspath(directory)
   if not os.path.isdir(os.path.join(directory, "params")):
-    raise CheckpointError(f"{directory} is not a parameter checkpoint (no params/ item)")
+    raise UserError(f"{directory} is not a parameter checkpoint (no params/ item)")
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(directory, ocp.args.Composite(
         params=_restore_args_for(abstract_params, os.path.join(directory, "params")),
         metadata=ocp.args.JsonRestore()))
   return restored["params"], dict(restored["metadata"])
-
-
-def to_host(tree) -> Any:
-  """Fetches a (possibly sharded) tree to host numpy arrays."""
-  return jax.tree.map(lambda x: jax.device_get(x), tree)

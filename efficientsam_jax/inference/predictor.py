@@ -1,0 +1,228 @@
+"""`Predictor`: embeds an image once, then answers any number of point / box (/ mask) queries.
+
+    predictor = Predictor.from_checkpoint("efficient_sam_vitt.pt")
+    predictor.set_image(image)                       # (H, W, 3) uint8 RGB
+    out = predictor.predict(boxes=np.array([[x1, y1, x2, y2], ...]))
+    out["logits"]  # (Q, 3, H, W); out["iou"] (Q, 3); out["low_res_logits"] (Q, 3, 256, 256)
+
+It works for every model family alike (models/family.py lists the methods it calls). For
+EfficientSAM the outputs are the released PyTorch model's `forward`; for SAM and MobileSAM,
+SamPredictor's multimask outputs (masks 1..3, logits by `postprocess_masks`).
+
+Compilation: the image is resized to the encoder's input size by its own small jitted
+function, so the encoder compiles once for every image size. Queries are padded to a bucket
+size (1, 4, 16, 64, then multiples of 64) and decoded in chunks of `query_chunk` inside one
+jitted call, so hundreds of queries cost one call and few compilations.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficientsam_jax.errors import UserError
+from efficientsam_jax.inference.queries import Queries
+from efficientsam_jax.io import model_files
+from efficientsam_jax.models import precision, registry
+from efficientsam_jax.models import prompt_encoder as pe
+from efficientsam_jax.models.family import ModelConfig
+
+QUERY_BUCKETS = (1, 4, 16, 64)  # then multiples of the last
+UPSCALE_CHUNK = 16  # masks resized to full resolution per call
+# Queries decoded at once inside a call (a lax.map step). Small chunks keep each step's
+# per-query image tensors (4096 x 256 per query at 1024) in the caches (docs/performance.md).
+QUERY_CHUNK = 4
+
+
+def bucket_size(num_queries: int) -> int:
+  for size in QUERY_BUCKETS:
+    if num_queries <= size:
+      return size
+  step = QUERY_BUCKETS[-1]
+  return -(-num_queries // step) * step
+
+
+class Predictor:
+  """The model of any family, one image at a time, queries in batches (module docstring).
+
+  dtype: None keeps the config's compute dtype (float32 unless set), or "float32" /
+  "bfloat16". query_chunk: queries per decoder step inside a call (default QUERY_CHUNK).
+  set_image also computes the query-independent part of the decoder once per image.
+  """
+
+  def __init__(self, params, config: ModelConfig, dtype: str | None = None,
+               query_chunk: int | None = None):
+    if dtype is not None:
+      try:
+        precision.compute_dtype(dtype)
+      except ValueError as e:
+        raise UserError(str(e)) from None
+      config = config.replace(dtype=str(dtype))
+    self.config = config
+    self.model = model = registry.build(config)
+    self.query_chunk = int(query_chunk or QUERY_CHUNK)
+    if self.query_chunk < 1:
+      raise UserError(f"query_chunk must be at least 1, got {query_chunk}")
+    self.params = jax.device_put(params)
+    apply = lambda p, *args, method, **kw: model.apply({"params": p}, *args, method=method, **kw)
+    # Per image size (cheap): uint8 -> the encoder input.
+    self._preprocess = jax.jit(lambda image: model.preprocess(image[None].astype(jnp.float32)))
+    # One shape, (1, size, size, 3): compiled once for all images.
+    self._encode = jax.jit(lambda p, x: apply(p, x, method=model.encode))
+    # What every query shares (the decoder's layer-0 image projections): once per image.
+    self._context = jax.jit(lambda p, e: apply(p, e, method=model.decoder_context))
+    query_chunk = self.query_chunk
+
+    def decode(p, embeddings, context, points, labels, masks, has_mask, input_hw, resized_hw,
+               min_iou=None):
+      """(1, g, g, C), its decoder context, (Qb, n, 2), (Qb, n), masks (Qb, 4g, 4g) and
+      has_mask (Qb,) or both None, (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3).
+      Without masks the mask-input path is not even traced (None is an empty pytree: its own
+      compilation); with masks the dense prompt differs per query, so the whole decoder runs
+      from the embeddings instead of the once-per-image context.
+
+      min_iou (a traced scalar, only without masks) or None: a chunk whose every IoU
+      prediction is <= min_iou skips the mask upscaling; its logits are NaN."""
+      chunk = min(points.shape[0], query_chunk)
+
+      def one_chunk(xs):
+        pts, lbl, m, hm = jax.tree.map(lambda x: x[None], xs)
+        if min_iou is None:
+          low, iou = apply(p, embeddings, pts, lbl, input_hw, resized_hw, mask_input=m,
+                           has_mask=hm, context=None if m is not None else context,
+                           method=model.predict_masks)
+          return low[0], iou[0]
+        state, iou = apply(p, context, pts, lbl, input_hw, resized_hw,
+                           method=model.predict_tokens)
+        logits = lambda: apply(p, state, method=model.mask_logits)
+        shape = jax.eval_shape(logits)
+        low = jax.lax.cond(jnp.any(iou > min_iou), logits,
+                           lambda: jnp.full(shape.shape, jnp.nan, shape.dtype))
+        return low[0], iou[0]
+
+      shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])
+      low, iou = jax.lax.map(one_chunk,
+                             jax.tree.map(shaped, (points, labels, masks, has_mask)))
+      return low.reshape((-1,) + low.shape[2:]), iou.reshape((-1,) + iou.shape[2:])
+
+    self._decode = jax.jit(decode)
+    self._upscale = jax.jit(lambda low, hw, resized: model.postprocess(low, hw, resized),
+                            static_argnums=(1, 2))
+    self._embeddings = None
+    self._decoder_context = None
+    self._image_hw = None
+
+  @classmethod
+  def from_checkpoint(cls, path: str, model: str | None = None, dtype: str | None = None,
+                      query_chunk: int | None = None, **config_overrides):
+    """A released .pt, a JAX parameter checkpoint or a training workdir (io.model_files;
+    a finetuning workdir brings its own input size and encoder depth)."""
+    loaded = model_files.load(path, model)
+    config = loaded.config.replace(**config_overrides) if config_overrides else loaded.config
+    return cls(loaded.params, config, dtype=dtype, query_chunk=query_chunk)
+
+  @property
+  def supports_mask_input(self) -> bool:
+    return self.model.supports_mask_input
+
+  def set_image(self, image: np.ndarray) -> None:
+    """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+      raise UserError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
+                      f"{image.shape}")
+    self._image_hw = image.shape[:2]
+    self._embeddings = self._encode(self.params, self._preprocess(image))
+    self._decoder_context = self._context(self.params, self._embeddings)
+
+  @property
+  def image_embeddings(self) -> np.ndarray:
+    """(256, g, g) float32: the release's channels-first layout."""
+    self._require_image()
+    return np.asarray(self._embeddings[0], np.float32).transpose(2, 0, 1)
+
+  def predict(self, points=None, labels=None, boxes=None, full_resolution: bool = True, *,
+              mask_input=None) -> dict:
+    """Decodes queries against the current image (all in one jitted call).
+
+    Args:
+      points: (Q, N, 2) (x, y) original-image pixels, with labels (Q, N) in {-1, 0, 1, 2, 3}.
+      boxes: (Q', 4) x1, y1, x2, y2; appended after the point queries.
+      mask_input: SAM and MobileSAM only: (Q + Q', 4g, 4g) low-resolution logits (e.g. a
+        previous prediction's best `low_res_logits`), one per query in that order.
+      full_resolution: also return `logits` resized to the image.
+    Returns:
+      {"low_res_logits": (Q, 3, 4g, 4g), "iou": (Q, 3), "logits": (Q, 3, H, W)} numpy.
+    """
+    queries = Queries.from_arrays(points, labels, boxes, mask_input)
+    # Point arrays keep their length (the model pads EfficientSAM's itself); boxes need 2.
+    length = max(np.shape(points)[1] if points is not None else 0, 2 if boxes is not None else 0)
+    return self.predict_queries(queries, full_resolution, length)
+
+  def predict_queries(self, queries: Queries, full_resolution: bool = True,
+                      length: int | None = None) -> dict:
+    """Decodes `Queries` (e.g. a prompts file's, `Queries.from_json`) as predict does.
+    length: prompt array length; default the model's `prompt_length` for these queries."""
+    self._require_image()
+    points, labels = queries.arrays(length or self.model.prompt_length(queries.longest))
+    masks, has_mask = queries.mask_arrays(4 * self.config.grid)
+    return self.predict_arrays(points, labels, full_resolution, masks, has_mask)
+
+  def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
+                     full_resolution: bool = True, mask_input: np.ndarray | None = None,
+                     has_mask: np.ndarray | None = None, min_iou: float | None = None) -> dict:
+    """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n), and for SAM
+    optionally mask_input (Q, 4g, 4g) with has_mask (Q,) bool (default: every query).
+
+    min_iou: queries whose IoU predictions are all <= min_iou (checked per decoder chunk of
+    `query_chunk` queries) skip the mask upscaling, about half the decoder's work, and get NaN
+    low-res logits; for callers that drop such masks anyway (segment everything's
+    pred_iou_thresh). None decodes everything. Not with mask_input.
+    """
+    self._require_image()
+    q = points.shape[0]
+    if mask_input is not None and min_iou is not None:
+      raise ValueError("min_iou skips upscaling on the no-mask path only; not with mask_input")
+    if mask_input is not None and not self.supports_mask_input:
+      raise UserError(f"mask_input needs a SAM or MobileSAM model: {self.config.name} has no "
+                      "mask-input path")
+    padded = bucket_size(q)
+    if padded > self.query_chunk:  # whole chunks inside the call
+      padded = -(-padded // self.query_chunk) * self.query_chunk
+    pad = ((0, padded - q),) + ((0, 0),) * (points.ndim - 1)
+    points = np.pad(points.astype(np.float32), pad, constant_values=-1.0)
+    labels = np.pad(labels.astype(np.float32), pad[:2], constant_values=pe.LABEL_PADDING)
+    if mask_input is not None:
+      has_mask = np.ones((q,), bool) if has_mask is None else np.asarray(has_mask, bool)
+      mask_input = np.pad(np.asarray(mask_input, np.float32), pad[:1] + ((0, 0), (0, 0)))
+      has_mask = np.pad(has_mask, pad[:1])
+    h, w = self._image_hw
+    args = (self.params, self._embeddings, self._decoder_context, points, labels,
+            mask_input, has_mask, np.asarray((h, w), np.int32),
+            np.asarray(self.model.resized_hw(h, w), np.int32))
+    if min_iou is None:
+      low, iou = self._decode(*args)
+    else:
+      low, iou = self._decode(*args, np.float32(min_iou))
+    out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
+    if full_resolution:
+      out["logits"] = self.upscale(low[:q])
+    return out
+
+  def upscale(self, low_res_logits) -> np.ndarray:
+    """(Q, M, 4g, 4g) -> (Q, M, H, W) float32 numpy, in chunks to bound device memory."""
+    h, w = self._image_hw
+    resized = tuple(int(v) for v in self.model.resized_hw(h, w))
+    low_res_logits = jnp.asarray(low_res_logits)
+    q = low_res_logits.shape[0]
+    out = np.empty((q,) + low_res_logits.shape[1:2] + (h, w), np.float32)
+    chunk = min(bucket_size(q), UPSCALE_CHUNK)
+    for start in range(0, q, chunk):
+      part = low_res_logits[start:start + chunk]
+      n = part.shape[0]
+      if n < chunk:  # same shape every time: one compilation per image size
+        part = jnp.pad(part, ((0, chunk - n),) + ((0, 0),) * (part.ndim - 1))
+      out[start:start + n] = np.asarray(self._upscale(part, (h, w), resized))[:n]
+    return out
+
+  def _require_image(self):
+    if self._embeddings is None:
+      raise UserError("call set_image before predict")

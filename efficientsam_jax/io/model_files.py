@@ -1,0 +1,218 @@
+"""Model weights on disk, in every form the tools accept, read as a `LoadedModel` (its
+ModelConfig and flax parameters as numpy arrays) and written back in each release's format.
+
+What a path is, is told by the path alone:
+- a PyTorch file (`.pt`/`.pth`): read without torch (torch_files); the model is inferred from
+  the tensors (or named); its family's tables convert it key for key.
+- a JAX parameter checkpoint: a directory written by `save_jax` (Orbax); its metadata names
+  the model and the shape settings it was saved with.
+- a training workdir: a directory with `checkpoints/`; its latest parameters, made into a
+  model by the trainer that wrote them (train/trainers.py: a finetuning workdir is its
+  EfficientSAM, input size and depth included; a SAMI or distillation workdir is an
+  EfficientSAM or MobileSAM around the trained encoder).
+Every failure is a UserError naming the file or tensor. No writer replaces an existing path.
+"""
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from efficientsam_jax.errors import UserError, in_context, one_line
+from efficientsam_jax.io import checkpoints, torch_files
+from efficientsam_jax.models import family as family_lib
+from efficientsam_jax.models import registry, state_dict
+
+TORCH_SUFFIXES = (".pt", ".pth")
+# metadata["format"] of our parameter checkpoints. 2 records the shape settings; 1 (the model
+# name only) still loads, with the default shape.
+PARAMS_FORMAT = "efficientsam_jax.params/2"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model's shape settings and its parameters (numpy arrays)."""
+  config: family_lib.ModelConfig
+  params: dict
+
+  @property
+  def name(self) -> str:
+    return self.config.name
+
+  @property
+  def family(self) -> family_lib.ModelFamily:
+    return registry.family_of(self.config.name)
+
+
+def is_torch_path(path: str) -> bool:
+  return str(path).lower().endswith(TORCH_SUFFIXES)
+
+
+def checked(config: family_lib.ModelConfig, params) -> LoadedModel:
+  """The parameters rebuilt strictly as `config`'s model (every tensor present, named and
+  shaped right, in the model's own order); accepts trees in our naming or an older release
+  naming of the same family (renames apply to both)."""
+  f = registry.family_of(config.name)
+  params = jax.tree.map(np.asarray, params)
+  flat = state_dict.flax_to_torch(params, conv_transpose=f.conv_transpose)
+  return LoadedModel(config, f.params_from_torch(flat, config))
+
+
+def read_torch_state(path: str) -> dict[str, np.ndarray]:
+  """A PyTorch file's state_dict: a plain one (SAM) or {"model": state_dict} (EfficientSAM)."""
+  obj = torch_files.load(path)
+  if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+    obj = obj["model"]
+  if not isinstance(obj, dict):
+    raise UserError(f"{path}: not a state_dict (found {type(obj).__name__})")
+  return {k: np.asarray(v) for k, v in obj.items()}
+
+
+def from_state_dict(state: dict, model: str | None = None, **overrides) -> LoadedModel:
+  """A state_dict (release names) -> the model it holds (`model` names it, else inferred)."""
+  name = model or registry.infer_name(state)
+  f = registry.family_of(name)
+  config = f.config(name, **overrides)
+  return LoadedModel(config, f.params_from_torch(state, config))
+
+
+def load_torch(path: str, model: str | None = None) -> LoadedModel:
+  return from_state_dict(read_torch_state(path), model)
+
+
+def _workdir_config(path: str) -> dict:
+  """A training workdir's config.json ({} when absent or unreadable)."""
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return config if isinstance(config, dict) else {}
+
+
+def load_workdir(directory: str, model: str | None = None) -> LoadedModel:
+  """The model of a training workdir's latest checkpoint (see the module docstring)."""
+  from efficientsam_jax.train import trainers  # the registry: names, no trainer code
+
+  config = _workdir_config(directory)
+  if not config.get("trainer"):
+    raise UserError(f"{directory}: a training workdir without a readable config.json")
+  params = checkpoints.latest_workdir_params(directory)
+  loaded = trainers.workdir_model(config["trainer"], config, params, directory)
+  if model and model != loaded.name:
+    raise UserError(f"{directory} holds {loaded.name}, not {model}")
+  return loaded
+
+
+def load_jax(directory: str, model: str | None = None) -> LoadedModel:
+  """A parameter checkpoint written by save_jax."""
+  params, metadata = checkpoints.restore_params(directory)
+  if not isinstance(params, dict) or not {"image_encoder", "mask_decoder"} <= set(params):
+    keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+    raise UserError(f"{directory}: parameters are not a whole SAM-family model "
+                    f"(top level: {keys})")
+  stored = metadata.get("model")
+  if model and stored and model != stored:
+    raise UserError(f"{directory} holds {stored}, not {model}")
+  name = model or stored or registry.infer_name(
+      state_dict.flax_to_torch(jax.tree.map(np.asarray, params)))
+  shape = metadata.get("config", {})
+  overrides = {k: shape[k] for k in ("image_size", "embed_dim", "max_num_points") if k in shape}
+  if "encoder_overrides" in shape:
+    overrides["encoder_overrides"] = tuple(tuple(p) for p in shape["encoder_overrides"])
+  return checked(registry.config(name, **overrides), params)
+
+
+def load(path: str, model: str | None = None) -> LoadedModel:
+  """Any accepted weights path -> LoadedModel; UserError (one line) on any failure."""
+  if model is not None:
+    registry.family_of(model)  # an unknown name fails before any file is read
+  if not os.path.exists(path):
+    raise UserError(f"{path}: no such file or directory")
+  try:
+    if not os.path.isdir(path):
+      return load_torch(path, model)
+    if checkpoints.is_training_workdir(path):
+      return load_workdir(path, model)
+    return load_jax(path, model)
+  except UserError as e:
+    raise in_context(e, path) from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax / tensorstore errors on damaged directories: their text is all we have.
+    raise UserError(f"{path}: cannot read checkpoint ({type(e).__name__}: "
+                    f"{one_line(e)[:200]})") from None
+
+
+def _refuse_existing(path: str) -> None:
+  if os.path.exists(path):
+    raise UserError(f"{path} exists; choose a new output path")
+
+
+def save_torch(path: str, model: LoadedModel, plain: bool = False) -> None:
+  """Writes the model in its release's format: EfficientSAM {"model": state_dict} (a bare
+  state_dict with plain); SAM and MobileSAM a bare state_dict, as they ship."""
+  _refuse_existing(path)
+  f = model.family
+  state = f.params_to_torch(model.params)
+  plain = plain or f.release_format == family_lib.PLAIN
+  torch_files.save(state if plain else {"model": state}, path)
+
+
+def timm_encoder_state_dict(params) -> dict[str, np.ndarray]:
+  """EfficientSAM (or SAMI) encoder params -> a state_dict in the layout of timm's
+  `vit_{tiny,small,base}_patch16_224`: pos_embed (1, 197, D) (slot 0 is the class slot, which
+  was never trained), patch_embed.proj.*, blocks.N.{norm1, attn.qkv, attn.proj, norm2,
+  mlp.fc1, mlp.fc2}.*. timm's cls_token, norm and head have no counterpart and are left out
+  (load with strict=False); the EfficientSAM neck is not part of timm's ViT."""
+  state = state_dict.flax_to_torch(params["image_encoder"])
+  return {k: v for k, v in state.items() if not k.startswith("neck.")}
+
+
+def save_timm(path: str, model: LoadedModel) -> None:
+  _refuse_existing(path)
+  torch_files.save(timm_encoder_state_dict(model.params), path)
+
+
+def save_jax(directory: str, model: LoadedModel, source: str = "") -> None:
+  """A parameter checkpoint that load_jax reads back as the same model."""
+  c = model.config
+  shape = {"image_size": c.image_size, "embed_dim": c.embed_dim,
+           "max_num_points": c.max_num_points,
+           "encoder_overrides": [list(p) for p in c.encoder_overrides]}
+  checkpoints.save_params(directory, model.params,
+                          {"model": c.name, "format": PARAMS_FORMAT, "config": shape,
+                           "source": os.path.basename(source)})
+
+
+TORCH_FORMATS = ("released", "state_dict", "timm")
+
+
+def convert(input_path: str, output_path: str, model: str | None = None,
+            torch_format: str = "released") -> str:
+  """What `python -m efficientsam_jax.convert` does: PyTorch file -> JAX checkpoint or JAX
+  checkpoint / workdir -> PyTorch file (the direction from the paths). Returns the model
+  name. torch_format: "released" (as the model ships), "state_dict" (bare), "timm" (the
+  image encoder alone in timm's ViT layout)."""
+  if torch_format not in TORCH_FORMATS:
+    raise UserError(f"unknown torch format {torch_format!r}; use one of "
+                    f"{', '.join(TORCH_FORMATS)}")
+  to_torch = is_torch_path(output_path)
+  from_jax = os.path.isdir(input_path)
+  if from_jax == (not to_torch):
+    want = "a .pt/.pth output" if from_jax else "a directory output (not .pt/.pth)"
+    kind = "JAX directory" if from_jax else "file"
+    raise UserError(f"cannot convert {input_path} -> {output_path}: a {kind} input needs {want}")
+  if torch_format == "timm" and not to_torch:
+    raise UserError("--format=timm writes a .pt/.pth file")
+  if os.path.abspath(output_path) == os.path.abspath(input_path):
+    raise UserError(f"--output is the input {input_path}; choose a new output path")
+  _refuse_existing(output_path)
+  loaded = load(input_path, model)
+  if torch_format == "timm":
+    save_timm(output_path, loaded)
+  elif to_torch:
+    save_torch(output_path, loaded, plain=torch_format == "state_dict")
+  else:
+    save_jax(output_path, loaded, source=input_path)
+  return loaded.name

@@ -1,1 +1,0 @@
-"""Losses: pure functions of arrays, one module per objective."""
