@@ -5,6 +5,7 @@ CI can never pass them by skipping.
 """
 import os
 import pathlib
+import sys
 
 # Must happen before jax is imported anywhere: sharded code is tested on 8 fake devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -12,7 +13,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The config files import `configs.common`, from the repository root.
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "efficientsam"
 
 
