@@ -15,6 +15,7 @@ threads would print asyncio tracebacks during interpreter shutdown, burying the 
 import ctypes
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -101,6 +102,21 @@ def _config_error(error: Exception) -> str:
   return one_line(error)
 
 
+def _flag_error(error: Exception) -> str:
+  """A flag parsing error in one line. ml_collections reports an exception raised by a config
+  file's get_config (a bad variant word) with the whole traceback in the message: the flag
+  and the exception's own last line are what the user needs."""
+  text = str(error)
+  if "Traceback (most recent call last)" not in text:
+    return text
+  flag = text.split(":", 1)[0]
+  last = [line for line in text.splitlines() if line.strip()][-1].strip()
+  kind, sep, message = last.partition(": ")
+  if sep and re.fullmatch(r"[\w.]+", kind):  # "configs.common.VariantError: ..."
+    last = message
+  return f"{flag}: {last}"
+
+
 class _LibraryLogFilter(std_logging.Filter):
   """Drops records below `level` that do not come from this package."""
 
@@ -127,7 +143,7 @@ def run(main, program: str, *, library_level: int = std_logging.ERROR,
     try:
       rest = flags.FLAGS(argv)
     except flags.Error as e:
-      fail(program, e)
+      fail(program, _flag_error(e))
     except Exception as e:  # pylint: disable=broad-except
       # A config file's get_config raising (a bad variant word) or failing to import.
       fail(program, f"--config: {_config_error(e)}")

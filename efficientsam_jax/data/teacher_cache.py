@@ -23,6 +23,9 @@ trainer see the same pixels. With a deterministic crop ("center" or "longest_sid
 flip that is also the view a live-teacher run sees: cached and live training are the same
 run. With random crops or flips the cache holds one random view per image, which every
 epoch then reuses.
+
+The writer and the reader of the format live in this one module (hence its length): the
+record layout, the shard names and the checks must change together.
 """
 import dataclasses
 import glob

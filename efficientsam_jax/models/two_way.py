@@ -33,6 +33,8 @@ tokens, so per-query work over the image is what costs:
   bf16 kernel for some of their layouts, and they cost nothing).
 
 Token layouts are (batch, queries, tokens, channels); image tensors are (batch, pixels, C).
+This module is long because `Attention` holds every folded variant next to the plain one:
+they share one set of projection parameters and must stay the same function.
 """
 from typing import Any
 
