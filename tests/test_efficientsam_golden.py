@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficientsam_jax import weights
+from efficientsam_jax.io import model_files
 from efficientsam_jax.models import efficient_sam as es
+from efficientsam_jax.models.family import ModelConfig
 
 
 @pytest.fixture(scope="module")
 def state_dict(fixtures_dir):
-  return weights.load_torch_file(str(fixtures_dir / "efficient_sam_vitt_random.pt"))
+  return model_files.read_torch_state(str(fixtures_dir / "efficient_sam_vitt_random.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,8 @@ def golden(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def model_and_params(state_dict):
-  config = es.EfficientSamConfig.from_name(es.infer_model_name(state_dict))
-  return es.EfficientSam(config), es.params_from_torch(state_dict, config)
+  config = es.FAMILY.config(es.FAMILY.infer_name(state_dict))
+  return es.EfficientSam(config), es.FAMILY.params_from_torch(state_dict, config)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def decode(model_and_params, golden):
   model, params = model_and_params
   hw = golden["image_uint8"].shape[:2]
   apply = jax.jit(lambda p, e, pts, lbl: model.apply(
-      {"params": p}, e, pts, lbl, hw, None, method=es.EfficientSam.predict_masks))
+      {"params": p}, e, pts, lbl, hw, method=es.EfficientSam.predict_masks))
   return lambda embeddings, points, labels: tuple(
       np.asarray(x) for x in apply(params, embeddings, points, labels))
 
@@ -55,7 +56,7 @@ def decoded(decode, golden, embeddings):
 
 
 def test_infers_vitt(state_dict):
-  assert es.infer_model_name(state_dict) == "efficientsam_vitt"
+  assert es.FAMILY.infer_name(state_dict) == "efficientsam_vitt"
   assert len(state_dict) == 278
 
 
@@ -100,7 +101,7 @@ def test_full_resolution(decoded, golden):
 
 
 def test_export_is_bit_exact(model_and_params, state_dict):
-  exported = es.params_to_torch(model_and_params[1])
+  exported = es.FAMILY.params_to_torch(model_and_params[1])
   assert list(exported) == list(state_dict)  # the release's key order too
   for name, value in state_dict.items():
     ours = exported[name]
@@ -110,23 +111,21 @@ def test_export_is_bit_exact(model_and_params, state_dict):
 
 def test_vits_export_matches_manifest(fixtures_dir):
   manifest = json.loads((fixtures_dir / "state_dict_manifest.json").read_text())["vits"]
-  shapes = es.abstract_params(es.EfficientSamConfig.from_name("efficientsam_vits"))
+  shapes = es.FAMILY.abstract_params(es.FAMILY.config("efficientsam_vits"))
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  exported = es.params_to_torch(params)
+  exported = es.FAMILY.params_to_torch(params)
   assert [(k, list(v.shape)) for k, v in exported.items()] == [(k, s) for k, s in manifest]
   assert sum(v.size for v in exported.values()) == 26_413_028 + 256  # + the Fourier buffer
 
 
 def test_fourier_matrix_is_frozen(model_and_params):
-  mask = es.trainable_mask(model_and_params[1])
-  flat = jax.tree_util.tree_flatten_with_path(mask)[0]
-  frozen = [jax.tree_util.keystr(path) for path, trainable in flat if not trainable]
-  assert frozen == ["['prompt_encoder']['pe_layer']['positional_encoding_gaussian_matrix']"]
+  frozen = es.FAMILY.buffer_paths(model_and_params[1])
+  assert frozen == ["prompt_encoder/pe_layer/positional_encoding_gaussian_matrix"]
 
 
 def test_small_image_size_runs():
   """Demo/test models use a smaller encoder input; the decoder scales with the grid."""
-  config = es.EfficientSamConfig(image_size=64)
+  config = ModelConfig("efficientsam_vitt", image_size=64)
   model = es.EfficientSam(config)
   images = jnp.zeros((2, 40, 50, 3))
   points = jnp.asarray([[[[10.0, 5.0]]]] * 2)

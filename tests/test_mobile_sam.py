@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import sam_reference as ref
-from efficientsam_jax import convert, torch_io
+from efficientsam_jax.io import model_files, torch_files
 from efficientsam_jax.models import sam, tiny_vit
 
-CONFIG = sam.SamConfig.from_name("mobile_sam")
+CONFIG = sam.FAMILY.config("mobile_sam")
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,7 +29,7 @@ def _pair():
       local_conv_size=3, layer_lr_decay=0.8)
   model = ref.build_sam(modeling, encoder)
   state = ref.state_dict_numpy(model)
-  return model, state, sam.params_from_torch(state, CONFIG)
+  return model, state, sam.FAMILY.params_from_torch(state, CONFIG)
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,10 +85,10 @@ def test_release_layout_round_trip(tmp_path):
   model, state, _ = _pair()
   path = str(tmp_path / "mobile_sam.pt")
   torch.save(model.state_dict(), path)  # the release is a plain state_dict
-  assert convert.convert(path, str(tmp_path / "jax")) == "mobile_sam"  # inferred
+  assert model_files.convert(path, str(tmp_path / "jax")) == "mobile_sam"  # inferred
   back = str(tmp_path / "back.pt")
-  assert convert.convert(str(tmp_path / "jax"), back) == "mobile_sam"
-  loaded = torch_io.load(back)
+  assert model_files.convert(str(tmp_path / "jax"), back) == "mobile_sam"
+  loaded = torch_files.load(back)
   assert list(loaded) == list(state)
   for name, value in state.items():
     got = np.asarray(loaded[name])

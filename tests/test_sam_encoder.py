@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import require_module
 
-from efficientsam_jax import torch_reference, weights
+from efficientsam_jax.bench import torch_reference
+from efficientsam_jax.errors import UserError
 from efficientsam_jax.models import sam_encoder as se
 
 TOL = 1e-4
@@ -116,13 +117,13 @@ def test_bad_state_dict_names_the_tensor():
   _, sd, _ = _tiny_pair()
   wrong = dict(sd)
   wrong["image_encoder.blocks.1.attn.rel_pos_h"] = np.zeros((27, 16), np.float32)
-  with pytest.raises(weights.WeightsError, match=r"blocks\.1\.attn\.rel_pos_h"):
+  with pytest.raises(UserError, match=r"blocks\.1\.attn\.rel_pos_h"):
     se.sam_encoder_params_from_torch(wrong, TINY)
   missing = {k: v for k, v in sd.items() if k != "image_encoder.neck.3.bias"}
-  with pytest.raises(weights.WeightsError, match=r"neck\.3\.bias"):
+  with pytest.raises(UserError, match=r"neck\.3\.bias"):
     se.sam_encoder_params_from_torch(missing, TINY)
   extra = dict(sd, **{"image_encoder.blocks.9.norm1.weight": np.ones(64, np.float32)})
-  with pytest.raises(weights.WeightsError, match=r"blocks\.9\.norm1\.weight"):
+  with pytest.raises(UserError, match=r"blocks\.9\.norm1\.weight"):
     se.sam_encoder_params_from_torch(extra, TINY)
 
 

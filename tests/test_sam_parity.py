@@ -16,7 +16,7 @@ import sam_reference as ref
 from efficientsam_jax.models import sam
 
 SHALLOW = (("depth", 2), ("global_blocks", (1,)))
-CONFIG = sam.SamConfig.from_name("sam_vit_b", encoder_overrides=SHALLOW)
+CONFIG = sam.FAMILY.config("sam_vit_b", encoder_overrides=SHALLOW)
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,7 +32,7 @@ def _pair():
       out_chans=256, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
       use_rel_pos=True, window_size=14, global_attn_indexes=(1,))
   model = ref.build_sam(modeling, encoder)
-  return model, sam.params_from_torch(ref.state_dict_numpy(model), CONFIG)
+  return model, sam.FAMILY.params_from_torch(ref.state_dict_numpy(model), CONFIG)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,8 +106,8 @@ def test_points_boxes_and_mask_input_match(multimask):
   has_mask = np.array([q[3] is not None for q in queries])
 
   decode = jax.jit(lambda p, e, pts, lbl, m, hm: sam.Sam(CONFIG).apply(
-      {"params": p}, e, pts, lbl, original, size, m, hm, multimask,
-      method=sam.Sam.predict_masks))
+      {"params": p}, e, pts, lbl, original, size, mask_input=m, has_mask=hm,
+      multimask_output=multimask, method=sam.Sam.predict_masks))
   # The reference embeddings go into both decoders: this test is about prompts and decoder.
   low, iou = decode(params, jnp.asarray(want_emb), points[None], labels[None], masks[None],
                     has_mask[None])
@@ -127,7 +127,7 @@ def test_points_boxes_and_mask_input_match(multimask):
 def test_parameter_names_and_order_match_state_dict():
   model, params = _pair()
   theirs = ref.state_dict_numpy(model)
-  ours = sam.params_to_torch(params)
+  ours = sam.FAMILY.params_to_torch(params)
   assert list(ours) == list(theirs)
   assert all(ours[k].tobytes() == theirs[k].tobytes() for k in theirs)
 
@@ -135,5 +135,5 @@ def test_parameter_names_and_order_match_state_dict():
 def test_full_size_parameter_counts():
   # vit_b: encoder 89,670,912 + prompt encoder 6,220 + decoder 4,058,340 (+ Fourier buffer).
   count = lambda name: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-      sam.abstract_params(sam.SamConfig.from_name(name))))
+      sam.FAMILY.abstract_params(sam.FAMILY.config(name))))
   assert count("sam_vit_b") == 89_670_912 + 6_220 + 4_058_340 + 256

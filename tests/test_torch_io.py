@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import require_module
-from efficientsam_jax import torch_io
+from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import torch_files
 
 
 def _as_numpy(tensor):
@@ -27,7 +28,7 @@ def _assert_same_bits(ours: np.ndarray, theirs: np.ndarray, name: str):
 def test_fixture_bit_exact_with_torch_load(fixtures_dir):
   torch = require_module("torch")
   path = str(fixtures_dir / "efficient_sam_vitt_random.pt")
-  ours = torch_io.load(path)
+  ours = torch_files.load(path)
   theirs = torch.load(path, map_location="cpu", weights_only=True)
   assert list(ours) == ["model"] and list(ours["model"]) == list(theirs["model"])
   for name, tensor in theirs["model"].items():
@@ -52,7 +53,7 @@ def test_strides_offsets_and_dtypes(tmp_path):
   path = tmp_path / "t.pt"
   torch.save({"tensors": tensors, "ordered": collections.OrderedDict(a=torch.ones(1)),
               "list": [torch.ones(2), 1, "x"]}, path)
-  ours = torch_io.load(str(path))
+  ours = torch_files.load(str(path))
   for name, tensor in tensors.items():
     _assert_same_bits(ours["tensors"][name], _as_numpy(tensor), name)
   assert isinstance(ours["ordered"], collections.OrderedDict)
@@ -61,10 +62,10 @@ def test_strides_offsets_and_dtypes(tmp_path):
 
 def test_save_round_trip(tmp_path, fixtures_dir):
   require_module("torch")
-  state = torch_io.load(str(fixtures_dir / "efficient_sam_vitt_random.pt"))["model"]
+  state = torch_files.load(str(fixtures_dir / "efficient_sam_vitt_random.pt"))["model"]
   path = str(tmp_path / "again.pt")
-  torch_io.save({"model": state}, path)
-  again = torch_io.load(path)["model"]
+  torch_files.save({"model": state}, path)
+  again = torch_files.load(path)["model"]
   assert list(again) == list(state)
   for name, value in state.items():
     _assert_same_bits(again[name], value, name)
@@ -79,8 +80,8 @@ def test_refuses_arbitrary_objects(tmp_path):
   torch = require_module("torch")
   path = tmp_path / "evil.pt"
   torch.save({"x": _RunsCode()}, path)
-  with pytest.raises(torch_io.TorchFileError, match="refusing to load"):
-    torch_io.load(str(path))
+  with pytest.raises(UserError, match="refusing to load"):
+    torch_files.load(str(path))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random", "zeroed_pickle"])
@@ -94,11 +95,11 @@ def test_corrupted_files(tmp_path, fixtures_dir, damage):
     data = data[:5000] + bytes(100) + data[5100:]
   path = tmp_path / "bad.pt"
   path.write_bytes(data)
-  with pytest.raises(torch_io.TorchFileError) as info:
-    torch_io.load(str(path))
+  with pytest.raises(UserError) as info:
+    torch_files.load(str(path))
   assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_file(tmp_path):
-  with pytest.raises(torch_io.TorchFileError, match="no such file"):
-    torch_io.load(str(tmp_path / "nope.pt"))
+  with pytest.raises(UserError, match="no such file"):
+    torch_files.load(str(tmp_path / "nope.pt"))
