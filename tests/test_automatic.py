@@ -1,9 +1,8 @@
 """Segment everything: the pure pieces on plain arrays, and one tiny end-to-end run."""
-import jax
 import numpy as np
 
-from efficientsam_jax import automatic, predict
 from efficientsam_jax.bench import inference
+from efficientsam_jax.inference import Predictor, automatic
 from efficientsam_jax.models import efficient_sam as es
 
 
@@ -37,8 +36,8 @@ def test_crop_boxes_cover_the_image():
 
 
 def test_generate_tiny_model():
-  config = es.EfficientSamConfig.from_name("efficientsam_vitt", image_size=64)
-  predictor = predict.Predictor(jax.device_get(inference.random_params(config)), config)
+  config = es.FAMILY.config("efficientsam_vitt", image_size=64)
+  predictor = Predictor(es.FAMILY.init_params(config), config)
   image = inference.test_image(48, 80)
   loose = automatic.EverythingConfig(points_per_side=3, pred_iou_thresh=-10.0,
                                      stability_score_thresh=0.0, crop_layers=1)
@@ -51,9 +50,8 @@ def test_generate_tiny_model():
 
 
 def test_skipping_low_iou_upscaling_changes_nothing():
-  config = es.EfficientSamConfig.from_name("efficientsam_vitt", image_size=64)
-  predictor = predict.Predictor(jax.device_get(inference.random_params(config)), config,
-                                query_chunk=1)
+  config = es.FAMILY.config("efficientsam_vitt", image_size=64)
+  predictor = Predictor(es.FAMILY.init_params(config), config, query_chunk=1)
   image = inference.test_image(64, 64)
   predictor.set_image(image)
   points, labels = inference.single_point_queries(automatic.point_grid(3, 64, 64), 6)

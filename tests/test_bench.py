@@ -75,7 +75,7 @@ def test_train_suite():
 def test_compare_torch():
   from conftest import require_module
   require_module("torch")
-  from efficientsam_jax import torch_reference
+  from efficientsam_jax.bench import torch_reference
   try:
     torch_reference.sam_image_encoder_class()
   except ImportError:
@@ -94,5 +94,6 @@ def test_bad_flag_is_one_line_error():
   result = subprocess.run([sys.executable, "-m", "efficientsam_jax.bench",
                            "--suite=inference", "--image-size=30"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
+  assert result.returncode == 2, result.stderr  # a user mistake: exit status 2, one line
   assert "multiple of 16" in result.stderr and "Traceback" not in result.stderr
+  assert result.stderr.startswith("bench: error: ") and result.stderr.count("\n") == 1

@@ -6,13 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficientsam_jax import predict
+from efficientsam_jax.errors import UserError
+from efficientsam_jax.inference import Predictor
 from efficientsam_jax.models import efficient_sam as es
 from efficientsam_jax.models import precision
-from efficientsam_jax.models import sami as sami_model
 from efficientsam_jax.models import vit
+from efficientsam_jax.models.family import ModelConfig
+from efficientsam_jax.tasks.sami import student as sami_model
 
-CONFIG = es.EfficientSamConfig(image_size=64, encoder_depth=1)
+CONFIG = ModelConfig("efficientsam_vitt", image_size=64, encoder_overrides=(("depth", 1),))
 
 
 def _inputs():
@@ -105,12 +107,12 @@ def test_sami_remat_gives_the_same_gradients():
 
 def test_predictor_dtype(params):
   params = jax.device_get(params)
-  with pytest.raises(ValueError, match="unknown compute dtype"):
-    predict.Predictor(params, CONFIG, dtype="float16")
+  with pytest.raises(UserError, match="unknown compute dtype"):
+    Predictor(params, CONFIG, dtype="float16")
   image = (np.random.default_rng(0).uniform(0, 255, (48, 80, 3))).astype(np.uint8)
   out = {}
   for dtype in ("float32", "bfloat16"):
-    predictor = predict.Predictor(params, CONFIG, dtype=dtype)
+    predictor = Predictor(params, CONFIG, dtype=dtype)
     assert predictor.config.dtype == dtype
     predictor.set_image(image)
     out[dtype] = predictor.predict(boxes=np.asarray([[10, 10, 60, 40]], np.float32))

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from efficientsam_jax import predict
+from efficientsam_jax.errors import UserError
+from efficientsam_jax.inference import Predictor, Queries
+from efficientsam_jax.inference import predictor as predictor_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +27,7 @@ def checkpoint(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint, golden):
-  p = predict.Predictor.from_checkpoint(checkpoint)
+  p = Predictor.from_checkpoint(checkpoint)
   p.set_image(golden["image_uint8"])  # the encoder compiles once for the module
   return p
 
@@ -56,7 +58,7 @@ def test_embeddings(predictor, golden):
 
 
 def test_fixture_queries(predictor, golden, fixture_queries):
-  points, labels = predict.queries_to_arrays(fixture_queries, 6)
+  points, labels = Queries.from_json(fixture_queries).arrays(6)
   out = predictor.predict_arrays(points, labels)
   _check_against_golden(out, golden)
   # Same through predict with the fixture's own 2-point arrays: the model pads them to 6 as
@@ -85,25 +87,25 @@ def test_64_boxes_in_one_call(predictor, golden):
 def test_points_and_box_in_one_query_equal_the_model_called_directly(predictor, checkpoint,
                                                                       golden):
   """EfficientSAM takes a combined query as its points, then the box corners (labels 2, 3)."""
-  from efficientsam_jax import model_files
+  from efficientsam_jax.io import model_files
   from efficientsam_jax.models import efficient_sam as es
   query = {"points": [[500.0, 300.0], [620.0, 250.0]], "labels": [1, 0],
            "box": [300.0, 150.0, 800.0, 500.0]}
-  out = predictor.predict_queries([query], full_resolution=False)
+  out = predictor.predict_queries(Queries.from_json([query]), full_resolution=False)
   points = np.array([[[[500, 300], [620, 250], [300, 150], [800, 500]]]], np.float32)
   labels = np.array([[[1, 0, 2, 3]]], np.float32)
-  _, params = model_files.load(checkpoint)
+  params = model_files.load(checkpoint).params
   low, iou = es.EfficientSam(predictor.config).apply(
       {"params": params}, predictor._embeddings, points, labels,
       golden["image_uint8"].shape[:2], method=es.EfficientSam.predict_masks)
   np.testing.assert_allclose(out["low_res_logits"], np.asarray(low[0]), atol=1e-5)
   np.testing.assert_allclose(out["iou"], np.asarray(iou[0]), atol=1e-6)
-  with pytest.raises(predict.PromptError, match="mask_input needs a SAM"):
-    predictor.predict_queries([{**query, "mask_input": np.zeros((256, 256))}])
+  with pytest.raises(UserError, match="mask_input needs a SAM"):
+    predictor.predict_queries(Queries.from_json([{**query, "mask_input": np.zeros((256, 256))}]))
 
 
 def test_bucket_sizes():
-  assert [predict.bucket_size(n) for n in (1, 2, 4, 5, 16, 17, 64, 65, 200)] == [
+  assert [predictor_lib.bucket_size(n) for n in (1, 2, 4, 5, 16, 17, 64, 65, 200)] == [
       1, 4, 4, 16, 16, 64, 64, 128, 256]
 
 
@@ -118,13 +120,13 @@ def test_bucket_sizes():
     ([{"points": [[1, 2]], "labels": [1], "box": [1, 2]}], "'box' must be"),
 ])
 def test_bad_prompts(queries, message):
-  with pytest.raises(predict.PromptError, match=message):
-    predict.queries_to_arrays(queries, 6)
+  with pytest.raises(UserError, match=message):
+    Queries.from_json(queries).arrays(6)
 
 
 def test_combined_query_arrays():
-  points, labels = predict.queries_to_arrays(
-      [{"points": [[1, 2]], "labels": [0], "box": [3, 4, 5, 6]}, {"box": [7, 8, 9, 10]}], 6)
+  points, labels = Queries.from_json(
+      [{"points": [[1, 2]], "labels": [0], "box": [3, 4, 5, 6]}, {"box": [7, 8, 9, 10]}]).arrays(6)
   np.testing.assert_array_equal(points[0, :3], [[1, 2], [3, 4], [5, 6]])
   np.testing.assert_array_equal(labels, [[0, 2, 3, -1, -1, -1], [2, 3, -1, -1, -1, -1]])
 
@@ -134,15 +136,16 @@ def test_mask_inputs_from_lists_arrays_and_npy(tmp_path):
   np.save(tmp_path / "m.npy", mask)
   queries = [{"box": [0, 0, 1, 1], "mask_input": "m.npy"}, {"box": [0, 0, 1, 1]},
              {"box": [0, 0, 1, 1], "mask_input": mask[0].tolist()}]
-  masks, has_mask = predict.queries_mask_inputs(queries, 8, str(tmp_path))
+  masks, has_mask = Queries.from_json(queries, str(tmp_path)).mask_arrays(8)
   np.testing.assert_array_equal(has_mask, [True, False, True])
   np.testing.assert_array_equal(masks[0], mask[0])
   np.testing.assert_array_equal(masks[2], mask[0])
-  assert predict.queries_mask_inputs(queries[1:2], 8) == (None, None)
-  with pytest.raises(predict.PromptError, match="must be 8x8"):
-    predict.queries_mask_inputs([{"mask_input": [[1.0]]}], 8)
-  with pytest.raises(predict.PromptError, match="cannot read 'mask_input'"):
-    predict.queries_mask_inputs([{"mask_input": "missing.npy"}], 8, str(tmp_path))
+  assert Queries.from_json(queries[1:2]).mask_arrays(8) == (None, None)
+  # A query needs points or a box besides its mask input (Queries.from_json checks that first).
+  with pytest.raises(UserError, match="must be 8x8"):
+    Queries.from_json([{"box": [0, 0, 1, 1], "mask_input": [[1.0]]}]).mask_arrays(8)
+  with pytest.raises(UserError, match="cannot read 'mask_input'"):
+    Queries.from_json([{"box": [0, 0, 1, 1], "mask_input": "missing.npy"}], str(tmp_path))
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,15 +158,17 @@ def tiny_sam():
   import functools as ft
   import sam_reference as ref
   import torch
-  from efficientsam_jax.models import sam
+  from efficientsam_jax.models import registry, sam
   modeling = ref.segment_anything_modeling()
   encoder = modeling.ImageEncoderViT(
       img_size=1024, patch_size=16, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4,
       out_chans=256, qkv_bias=True, norm_layer=ft.partial(torch.nn.LayerNorm, eps=1e-6),
       use_rel_pos=True, window_size=14, global_attn_indexes=(1, 3))
   model = ref.build_sam(modeling, encoder)
-  config = sam.SamConfig(encoder="tiny")
-  ours = predict.Predictor(sam.params_from_torch(ref.state_dict_numpy(model), config), config)
+  # SAM's "tiny" encoder shape (sam_encoder.SAM_SIZES["tiny"]) as overrides of vit_b.
+  config = registry.config("sam_vit_b", encoder_overrides=(
+      ("width", 64), ("depth", 4), ("num_heads", 4), ("global_blocks", (1, 3))))
+  ours = Predictor(sam.FAMILY.params_from_torch(ref.state_dict_numpy(model), config), config)
   image = np.random.default_rng(5).integers(0, 256, (300, 420, 3), dtype=np.uint8)
   ours.set_image(image)
   return ref.sam_predictor(model, image), ours, image
@@ -181,7 +186,7 @@ def test_sam_points_box_and_mask_inputs_match_sam_predictor(tiny_sam):
        "box": [5, 5, 400, 290], "mask_input": masks[0]},
       {"points": [[60, 200]], "labels": [1]},  # no mask, in a call where others have one
   ]
-  out = ours.predict_queries(queries)
+  out = ours.predict_queries(Queries.from_json(queries))
   diff = np.abs(np.asarray(ours.image_embeddings) - reference.features[0].numpy()).max()
   assert diff < 1e-4, diff
   for i, query in enumerate(queries):
@@ -231,7 +236,7 @@ def test_cli(checkpoint, golden, fixture_queries, tmp_path):
   bad.write_text("[{\"box\": [1, 2]}]")
   result = _cli(f"--checkpoint={checkpoint}", f"--image={image}", f"--prompts={bad}",
                 f"--output={tmp_path / 'x.npz'}")
-  assert result.returncode != 0
+  assert result.returncode == 2, result.stderr
   assert result.stderr.startswith("predict: error: query 0") and result.stderr.count("\n") == 1
 
   np.save(tmp_path / "mask.npy", np.zeros((256, 256), np.float32))
@@ -239,7 +244,7 @@ def test_cli(checkpoint, golden, fixture_queries, tmp_path):
   masked.write_text(json.dumps([{"box": [1, 2, 30, 40], "mask_input": "mask.npy"}]))
   result = _cli(f"--checkpoint={checkpoint}", f"--image={image}", f"--prompts={masked}",
                 f"--output={tmp_path / 'x.npz'}")
-  assert result.returncode != 0 and result.stderr.count("\n") == 1
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
   assert result.stderr.startswith("predict: error: mask_input needs a SAM")
 
 
