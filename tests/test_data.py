@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import common
 from efficientsam_jax import data
 from efficientsam_jax.data import demo_images
 from efficientsam_jax.data import transforms
+from efficientsam_jax.errors import UserError
 
 
 def _config(**data_overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(seed=0, batch_size=8,
-                                          data=data.default_data_config()))
+                                          data=common.image_data()))
   config.data.update(dict(source="demo", num_demo_images=16, image_size=32))
   config.data.update(data_overrides)
   return config
@@ -189,10 +191,10 @@ def test_folder_source_nested_sorted(tmp_path):
 
 
 def test_folder_source_errors(tmp_path):
-  with pytest.raises(data.DataError, match="does not exist"):
+  with pytest.raises(UserError, match="does not exist"):
     data.ImageFolderSource(tmp_path / "missing")
   (tmp_path / "empty" / "sub").mkdir(parents=True)
-  with pytest.raises(data.DataError, match="holds no"):
+  with pytest.raises(UserError, match="holds no"):
     data.ImageFolderSource(tmp_path / "empty")
 
 
@@ -209,20 +211,20 @@ def test_folder_pipeline_marks_corrupt_file_invalid(tmp_path):
 
 def test_tfds_missing_dataset_is_a_clear_error(tmp_path):
   config = _config(source="tfds", tfds_name="imagenet2012", tfds_data_dir=str(tmp_path))
-  with pytest.raises(data.DataError, match="tfds build imagenet2012") as info:
+  with pytest.raises(UserError, match="tfds build imagenet2012") as info:
     data.make_train_iterator(config, process_index=0, process_count=1)
   assert "\n" not in str(info.value)
   config.data.tfds_name = "no_such_dataset_xyz"
-  with pytest.raises(data.DataError, match="unknown TFDS dataset"):
+  with pytest.raises(UserError, match="unknown TFDS dataset"):
     data.num_examples(config)
 
 
 def test_bad_config_fields():
-  with pytest.raises(data.DataError, match="divisible"):
+  with pytest.raises(UserError, match="divisible"):
     data.make_train_iterator(_config(), process_index=0, process_count=3)
-  with pytest.raises(data.DataError, match="data.source"):
+  with pytest.raises(UserError, match="data.source"):
     data.make_train_iterator(_config(source="s3"), process_index=0, process_count=1)
-  with pytest.raises(data.DataError, match="data.crop"):
+  with pytest.raises(UserError, match="data.crop"):
     data.make_train_iterator(_config(crop="five"), process_index=0, process_count=1)
 
 

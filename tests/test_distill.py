@@ -14,10 +14,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from efficientsam_jax import checkpointing, config_lib, convert, data, model_files, torch_io
+from configs import mobilesam_distill
+from efficientsam_jax import data
 from efficientsam_jax.data import sources, teacher_cache, transforms
 from efficientsam_jax.errors import UserError
-from efficientsam_jax.trainers import sami as sami_trainer
+from efficientsam_jax.io import checkpoints, model_files, torch_files
+from efficientsam_jax.models import registry
+from efficientsam_jax.tasks.sami import export
+from efficientsam_jax.tasks.sami import task as sami_trainer
 from sami_runs import REPO, env, losses as _losses, run as _run
 
 DISTILL = "configs/mobilesam_distill.py:demo,smoke"
@@ -36,14 +40,14 @@ def test_distillation_loss_falls_and_the_student_is_a_mobile_sam_encoder(distill
   losses = _losses(distill_run)
   assert sorted(losses) == list(range(1, 21))
   assert losses[20] < 0.6 * losses[1], losses
-  params = checkpointing.latest_workdir_params(distill_run)
+  params = checkpoints.latest_workdir_params(distill_run)
   assert set(params) == {"image_encoder"}
   assert params["image_encoder"]["neck_3"]["scale"].shape == (256,)
   # The workdir converts as MobileSAM: TinyViT from the workdir (checked key for key against
   # the MobileSAM layout), SAM's prompt encoder and decoder (fresh: the demo teacher has none).
   out = str(tmp_path / "mobile_sam.pt")
-  assert convert.convert(distill_run, out) == "mobile_sam"
-  state = torch_io.load(out)
+  assert model_files.convert(distill_run, out) == "mobile_sam"
+  state = torch_files.load(out)
   assert any(k.startswith("mask_decoder.") for k in state)
   got = np.asarray(state["image_encoder.layers.1.blocks.0.attn.qkv.weight"])
   want = np.asarray(params["image_encoder"]["layers_1"]["blocks_0"]["attn"]["qkv"]["kernel"])
@@ -52,41 +56,44 @@ def test_distillation_loss_falls_and_the_student_is_a_mobile_sam_encoder(distill
 
 def test_mobile_sam_takes_the_decoder_of_a_whole_sam_teacher(monkeypatch, distill_run,
                                                               tmp_path):
-  encoder = checkpointing.latest_workdir_params(distill_run)["image_encoder"]
-  _, fresh = model_files.mobile_sam_from_distilled(encoder)
+  encoder = checkpoints.latest_workdir_params(distill_run)["image_encoder"]
+  fresh = export.mobile_sam_from_encoder(encoder).params
   teacher = {"image_encoder": {}, "prompt_encoder": jax.tree.map(lambda x: x + 1,
                                                                  fresh["prompt_encoder"]),
              "mask_decoder": jax.tree.map(lambda x: x - 1, fresh["mask_decoder"])}
   # Reading a real sam_vit_h_4b8939.pth is another test's business (test_sam_parity).
-  monkeypatch.setattr(model_files, "load", lambda path, model=None: ("sam_vit_h", teacher))
+  monkeypatch.setattr(model_files, "load", lambda path, model=None: model_files.LoadedModel(
+      registry.config("sam_vit_h"), teacher))
   checkpoint = tmp_path / "sam_vit_h_4b8939.pth"
   checkpoint.write_bytes(b"")
-  _, params = model_files.mobile_sam_from_distilled(encoder, str(checkpoint))
+  loaded = export.mobile_sam_from_encoder(encoder, str(checkpoint))
+  assert loaded.name == "mobile_sam"
+  params = loaded.params
   for part in ("prompt_encoder", "mask_decoder"):
     for a, b in zip(jax.tree.leaves(params[part]), jax.tree.leaves(teacher[part])):
       np.testing.assert_array_equal(a, b)
 
 
 def test_init_from_a_distillation_workdir(distill_run):
-  config = config_lib.distill_config("demo,smoke")
+  config = mobilesam_distill.get_config("demo,smoke")
   config.init_from = distill_run
   task = sami_trainer.SamiTask(config)
   loaded = task.init_from_params(jax.eval_shape(task.init_params, jax.random.key(0)))
-  stored = checkpointing.latest_workdir_params(distill_run)
+  stored = checkpoints.latest_workdir_params(distill_run)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(stored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_vit_student_keeps_its_neck_as_efficientsam():
-  config = config_lib.distill_config("demo,smoke,student=vitt")
+  config = mobilesam_distill.get_config("demo,smoke,student=vitt")
   config.student.overrides = {}  # the released 12 blocks
   task = sami_trainer.SamiTask(config)
   params = jax.jit(task.init_params)(jax.random.key(0))
   pred = task.student.apply({"params": params}, np.zeros((2, 32, 32, 3), np.float32))
   assert pred.shape == (2, 4, 256)
-  name, model = model_files.efficientsam_from_sami(params)
-  assert name == "efficientsam_vitt"
-  np.testing.assert_array_equal(model["image_encoder"]["neck_0"]["kernel"],
+  loaded = export.efficientsam_from_encoder(params["image_encoder"])
+  assert loaded.name == "efficientsam_vitt"
+  np.testing.assert_array_equal(loaded.params["image_encoder"]["neck_0"]["kernel"],
                                 params["image_encoder"]["neck_0"]["kernel"])
 
 
@@ -97,7 +104,7 @@ def test_vit_student_keeps_its_neck_as_efficientsam():
     (dict(loss=dict(masked_only=True)), "no token to learn from"),
 ])
 def test_objective_mistakes_are_user_errors(changes, message):
-  config = config_lib.distill_config("demo,smoke")
+  config = mobilesam_distill.get_config("demo,smoke")
   for key, value in changes.items():
     if isinstance(value, dict):
       config[key].update(value)
@@ -142,7 +149,7 @@ def test_cache_layout_and_records(cache_dir):
   source = sources.DemoImageSource(32)
   target = cache.target(13, source[13])
   assert target.dtype == ml_dtypes.bfloat16 and target.shape == (2, 2, 256)
-  with pytest.raises(sources.DataError, match="computed from another image"):
+  with pytest.raises(UserError, match="computed from another image"):
     cache.target(13, source[14])
 
 
@@ -225,7 +232,7 @@ def test_cache_mistakes_are_one_line_errors(cache_dir, tmp_path, command, messag
 def test_processes_write_their_own_shards(tmp_path):
   """Two processes (called in turn here) split the shards; the cache is whole only when both
   have written theirs. A stand-in teacher keeps this free of compiling."""
-  config = config_lib.distill_config("demo,smoke")
+  config = mobilesam_distill.get_config("demo,smoke")
   fake_teacher = lambda images: np.broadcast_to(images[:, :2, :2, :1], images.shape[:1] + (
       2, 2, 256))
   directory = str(tmp_path / "cache")
@@ -233,7 +240,7 @@ def test_processes_write_their_own_shards(tmp_path):
                                              batch_size=3, records_per_shard=5, process_index=p,
                                              process_count=2)
   assert write(0)["records"] == 17  # shards 0, 2, 4 and 6 (the last one: 2 records)
-  with pytest.raises(sources.DataError, match="incomplete: 3 of 7 shards missing"):
+  with pytest.raises(UserError, match="incomplete: 3 of 7 shards missing"):
     teacher_cache.TeacherCache(directory)
   assert write(1)["records"] == 15  # shards 1, 3, 5
   assert _shards(directory)[:2] == ["targets-00000-of-00007.p0.array_record",

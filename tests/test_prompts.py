@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficientsam_jax import prompts
+from efficientsam_jax.tasks.finetune import prompts
 
 S, M = 128, 32
 

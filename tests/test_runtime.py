@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from efficientsam_jax import runtime
+from efficientsam_jax import cli
 from sami_runs import REPO, checkpoint_steps, env, losses, popen, run
 
 
@@ -103,7 +103,7 @@ def test_checkpoint_from_eight_devices_with_fsdp_resumes_on_one_device(reference
   assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] < 40
   # What convert and predict read (no target tree) also restores on one device.
   loaded = subprocess.run(
-      [sys.executable, "-c", "from efficientsam_jax import checkpointing as c; import jax; "
+      [sys.executable, "-c", "from efficientsam_jax.io import checkpoints as c; import jax; "
        "p = c.latest_workdir_params(%r); "
        "print(sum(x.size for x in jax.tree.leaves(p)), len(jax.devices()))" % workdir],
       env=env(1), cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -162,8 +162,8 @@ def test_compile_only_reports_per_device_memory_without_weights_or_data(tmp_path
 
 def test_keep_freed_host_memory_applies_unless_the_user_chose(monkeypatch):
   monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-  assert runtime.keep_freed_host_memory() is False  # the user's glibc settings win
+  assert cli.keep_freed_host_memory() is False  # the user's glibc settings win
   monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
   monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
   glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
-  assert runtime.keep_freed_host_memory() is glibc
+  assert cli.keep_freed_host_memory() is glibc

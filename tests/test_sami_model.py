@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficientsam_jax import masking
-from efficientsam_jax.models import sami, vit
+from efficientsam_jax.models import vit
+from efficientsam_jax.tasks.sami import masking
+from efficientsam_jax.tasks.sami import student as sami
 
 ENCODER = vit.ViTConfig(width=32, depth=2, num_heads=2)
 SIZE, GRID = 64, 4  # 4x4 = 16 tokens

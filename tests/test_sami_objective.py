@@ -5,8 +5,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from efficientsam_jax import masking, optim, sharding
-from efficientsam_jax.losses import sami as sami_losses
+from efficientsam_jax.tasks.sami import loss as sami_losses
+from efficientsam_jax.tasks.sami import masking
+from efficientsam_jax.train import optim, sharding
 
 
 def test_random_masking_partitions_tokens_and_restores_order():
@@ -87,7 +88,8 @@ def test_weight_decay_skips_biases_norms_positions_and_frozen_params_do_not_move
             "norm": {"scale": jnp.ones(2)}, "pos_embed": jnp.ones((1, 3, 2)),
             "head": {"kernel": jnp.ones((2, 2))}}
   config = _opt_config(lr=0.1, warmup_steps=0, frozen=(r"head/.*",))
-  tx, _ = optim.make_optimizer(config, params)
+  # The frozen regexes come from the task (its buffers plus `optimizer.frozen`).
+  tx, _ = optim.make_optimizer(config, params, frozen=tuple(config.optimizer.frozen))
   state = tx.init(params)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, state, params)

@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 from efficientsam_jax import data
 from efficientsam_jax.data import demo_sa1b, segmentation
+from efficientsam_jax.errors import UserError
 
 SIZE = 64
 
@@ -65,7 +66,7 @@ def test_demo_shapes_are_few_large_and_do_not_overlap():
 
 
 def test_bilinear_resize_matches_the_torch_matrices():
-  from efficientsam_jax import resize
+  from efficientsam_jax.models import resize
   image = np.random.default_rng(0).uniform(0, 255, (37, 53, 3)).astype(np.float32)
   expected = np.einsum("oh,hwc,pw->opc", resize.interpolation_matrix(37, 24, "linear"), image,
                        resize.interpolation_matrix(53, 40, "linear"))
@@ -127,7 +128,7 @@ def test_sa1b_tar_shards_read_like_the_directory(sa1b_dir, tmp_path):
   os.makedirs(tmp_path / "nested")
   os.rename(shard, tmp_path / "nested" / "sa_000000.tar")
   assert len(segmentation.SA1BSource(f"{tmp_path / 'nested'},{sa1b_dir}")) == 8
-  with pytest.raises(data.DataError):
+  with pytest.raises(UserError):
     segmentation.SA1BSource(str(tmp_path / "missing"))
 
 

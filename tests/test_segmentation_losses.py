@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficientsam_jax.losses import segmentation as seg
+from efficientsam_jax.tasks.finetune import loss as seg
 
 
 def test_focal_loss_hand_computed():
