@@ -55,8 +55,8 @@ def checked(config: family_lib.ModelConfig, params) -> LoadedModel:
   naming of the same family (renames apply to both)."""
   f = registry.family_of(config.name)
   params = jax.tree.map(np.asarray, params)
-  # release_dtypes: flax_to_torch makes 0-d buffers (BN num_batches_tracked) (1,)
-  # (np.ascontiguousarray); the family gives them back their release shape and dtype.
+  # release_dtypes: a checkpoint library may hand back 0-d buffers (BN num_batches_tracked)
+  # as (1,) or int32; the family gives them their release shape and dtype.
   flat = f.release_dtypes(state_dict.flax_to_torch(params, conv_transpose=f.conv_transpose))
   return LoadedModel(config, f.params_from_torch(flat, config))
 

@@ -169,8 +169,9 @@ def flax_to_torch(params: Mapping, prefix: str = "", conv_transpose: Iterable[st
     name = _torch_name(path, prefix)
     value = np.asarray(leaf)
     module = name.rsplit(".", 1)[0]
-    out[renames.to_release(name)] = np.ascontiguousarray(
-        _to_torch_layout(path[-1], value, module in conv_transpose))
+    # order="C" keeps 0-d tensors 0-d (np.ascontiguousarray makes them (1,)).
+    out[renames.to_release(name)] = np.asarray(
+        _to_torch_layout(path[-1], value, module in conv_transpose), order="C")
   return out
 
 
