@@ -70,6 +70,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, config, overrides, message)
       [sys.executable, "-m", "efficientsam_jax.main", f"--config={config}",
        f"--workdir={tmp_path}", *overrides], env=env(1), cwd=REPO, capture_output=True,
       text=True, timeout=300)
-  assert proc.returncode != 0
-  assert message in proc.stderr
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("main: error: ")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
