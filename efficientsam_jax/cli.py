@@ -8,6 +8,8 @@ then calls `main()`. What it guarantees, for every tool alike:
 - other libraries' logs (Orbax, grain) stay off the console below a level (WARNING for
   training, ERROR for the other tools) unless `--verbosity` is given; the package's own INFO
   lines (training progress) are shown.
+- Ctrl-C is one line, `TOOL: interrupted`, and status 130 (training instead saves and exits
+  with 75: train/runtime.py).
 - glibc keeps freed host memory for reuse (`keep_freed_host_memory`).
 The process ends with os._exit after a user error: after a failed Orbax read its background
 threads would print asyncio tracebacks during interpreter shutdown, burying the message.
@@ -23,6 +25,7 @@ from absl import app, flags, logging
 from efficientsam_jax.errors import UserError, one_line
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # glibc mallopt parameters (malloc.h).
@@ -161,5 +164,9 @@ def run(main, program: str, *, library_level: int = std_logging.ERROR,
       return main(argv)
     except UserError as e:
       fail(program, e)
+    except KeyboardInterrupt:  # Ctrl-C (training handles it itself: save, exit 75)
+      print(f"{program}: interrupted", file=sys.stderr)
+      sys.stderr.flush()
+      os._exit(EXIT_INTERRUPTED)
 
   app.run(wrapped, argv=argv, flags_parser=parse)

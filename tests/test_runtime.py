@@ -71,15 +71,19 @@ def test_sigkill_at_three_random_moments_then_restart_gives_the_same_losses(refe
   _assert_same(reference, losses(workdir), rel=1e-6)
 
 
-def test_sigterm_saves_the_current_step_exits_75_and_resumes(reference, tmp_path):
-  workdir = str(tmp_path)
-  proc = popen(workdir, "--config.total_steps=40", "--config.checkpoint_every=1000")
+def _wait_for_first_metrics(workdir, proc):
   deadline = time.time() + 300
   metrics = os.path.join(workdir, "metrics.jsonl")
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
-      break
+      return
     time.sleep(0.01)
+
+
+def test_sigterm_saves_the_current_step_exits_75_and_resumes(reference, tmp_path):
+  workdir = str(tmp_path)
+  proc = popen(workdir, "--config.total_steps=40", "--config.checkpoint_every=1000")
+  _wait_for_first_metrics(workdir, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 75, err[-2000:]
@@ -89,6 +93,65 @@ def test_sigterm_saves_the_current_step_exits_75_and_resumes(reference, tmp_path
   assert max(losses(workdir)) == saved[-1]  # logged up to exactly the saved step
   run(workdir, "--config.checkpoint_every=1000")
   _assert_same(reference, losses(workdir), rel=1e-6)
+
+
+def test_ctrl_c_in_training_saves_the_current_step_and_exits_75(tmp_path):
+  workdir = str(tmp_path)
+  proc = popen(workdir, "--config.total_steps=40", "--config.checkpoint_every=1000")
+  _wait_for_first_metrics(workdir, proc)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 75, err[-2000:]
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  saved = checkpoint_steps(workdir)
+  assert saved and saved[-1] < 40
+  assert err.strip().splitlines()[-1] == (
+      f"stopped by SIGINT after saving a checkpoint at step {saved[-1]}; run the same command "
+      "again to resume")
+  assert max(losses(workdir)) == saved[-1]
+
+
+_TWO_CTRL_C = """
+import os, signal, sys, time
+from efficientsam_jax.train import runtime
+watch = runtime.PreemptionWatch()
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.5)  # the handler runs
+print(watch.reached(1), watch.cause, flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(30)
+print("still running", flush=True)
+"""
+
+
+def test_a_second_ctrl_c_stops_at_once_and_other_tools_stop_with_one_line():
+  proc = subprocess.run([sys.executable, "-c", _TWO_CTRL_C], env=env(1), cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.stdout.split() == ["True", "SIGINT"], proc.stderr[-2000:]
+  assert proc.returncode == -signal.SIGINT  # the default action: no waiting, no save
+  assert "finishing this step" in proc.stderr and "Ctrl-C again" in proc.stderr
+  tool = subprocess.run(
+      [sys.executable, "-c", "import os, signal, time\nfrom efficientsam_jax import cli\n"
+       "def main(argv):\n  os.kill(os.getpid(), signal.SIGINT)\n  time.sleep(30)\n"
+       "cli.run(main, 'predict')"],
+      env=env(1), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert tool.returncode == 130
+  assert tool.stderr.strip().splitlines() == ["predict: interrupted"]
+
+
+def test_a_folder_of_unreadable_images_stops_before_any_checkpoint(tmp_path):
+  images = tmp_path / "images"
+  images.mkdir()
+  for i in range(12):
+    (images / f"{i}.jpg").write_bytes(b"not an image %d" % i)
+  workdir = str(tmp_path / "workdir")
+  proc = run(workdir, "--config.data.source=folder", f"--config.data.path={images}",
+             check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "main: error: the first 10 batches (80 images) held no readable example")
+  assert checkpoint_steps(workdir) == []
 
 
 def test_checkpoint_from_eight_devices_with_fsdp_resumes_on_one_device(reference, tmp_path):
@@ -138,7 +201,7 @@ def test_bad_setup_is_a_one_line_error_before_compiling(tmp_path, overrides, mes
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr.strip().splitlines()[-1]
   assert "Traceback" not in proc.stderr
-  assert "first step" not in proc.stderr
+  assert "train step compiled" not in proc.stderr
 
 
 def test_unwritable_workdir_is_a_one_line_error(tmp_path):

@@ -4,6 +4,7 @@ Public API:
   make_train_iterator(config, *, process_index=None, process_count=None) -> grain iterator of
       {"image": float32 (B_local, S, S, 3), "valid": int32 (B_local,)}; checkpointable.
   num_examples(config) -> records in the source (all hosts), for epochs -> steps.
+  check_view_config(data_config): UserError for crop settings the transforms cannot apply.
   iterator_save_args(it), iterator_restore_args(it) -> Orbax args (grain's CheckpointSave /
       CheckpointRestore) so the checkpoint module saves the iterator without importing grain.
   Sources (DemoImageSource, ImageFolderSource, TfdsImageSource) and the numpy transforms
@@ -45,6 +46,7 @@ EfficientSAM finetuning (efficientsam_jax.data.segmentation, demo_sa1b):
   Fields: source "sa1b" | "coco", path, annotations (COCO JSON), image_size, mask_size
   (image_size / 4), max_masks (K), max_area_fraction (0.9).
 """
+from efficientsam_jax.data.pipeline import check_view_config
 from efficientsam_jax.data.pipeline import iterator_restore_args
 from efficientsam_jax.data.pipeline import iterator_save_args
 from efficientsam_jax.data.pipeline import make_segmentation_iterator

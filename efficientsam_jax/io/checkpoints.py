@@ -1,4 +1,4 @@
-"""Every Orbax call of the project lives here.
+"""Every Orbax call of the project lives here (and the one barrier between processes).
 
 Two kinds of checkpoint:
 - Training checkpoints in `WORKDIR/checkpoints/<step>/`, composite items `params`,
@@ -120,3 +120,11 @@ def restore_params(directory: str, abstract_params=None) -> tuple[Any, dict]:
         params=_restore_args_for(abstract_params, os.path.join(directory, "params")),
         metadata=ocp.args.JsonRestore()))
   return restored["params"], dict(restored["metadata"])
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """Returns when every process of the job has called this with the same `name` (a no-op for
+  one process). A barrier of JAX's coordination service, not a collective: it waits up to
+  `timeout_s` where Gloo's CPU collectives give up after 30 s. It lives here because Orbax's
+  is the public barrier of the libraries this project uses."""
+  ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)

@@ -1,21 +1,67 @@
-"""Reading images: encoded bytes or a file -> uint8 (H, W, 3) RGB.
+"""Reading images: encoded bytes or a file -> uint8 (H, W, 3) RGB, as a viewer displays them.
 
-One decoder for every reader of the package (the tools, evaluation, the input pipelines).
+One decoder for every reader of the package (the tools, evaluation, the input pipelines), so
+an image means the same pixels everywhere:
+- EXIF orientation is applied: the array is the upright picture a viewer shows, and masks,
+  boxes and points are in that frame (phones store portraits as rotated landscapes).
+- 16-bit images (greyscale `I;16*`, 16-bit PNGs, 48-bit RGB) keep their range: the high byte
+  of each sample (`v >> 8`, what Pillow does for 16-bit RGB), never clipped at 255.
+- Palette, greyscale and bilevel images become RGB; CMYK by Pillow's conversion
+  (R = (255 - C)(255 - K) / 255; no ICC colour management).
+- Transparency (RGBA, LA, PA, a palette or greyscale image with a transparent colour) is
+  composited over white, as a page shows it, so what hides under a transparent pixel never
+  reaches the model.
+- Images whose range or colour space has no meaning here (32-bit integer or float samples,
+  LAB, HSV) are refused with a UserError naming the mode.
 """
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from efficientsam_jax.errors import UserError, one_line
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
+_PLAIN = ("1", "L", "P", "RGB", "RGBX", "YCbCr", "CMYK")
+_BACKGROUND = (255, 255, 255)  # what transparent pixels are shown over
+
+
+def _sixteen_bit_to_rgb(pil: Image.Image) -> np.ndarray:
+  """A one-channel 16-bit image (mode I;16* or a 16-bit PNG opened as I) -> uint8 RGB."""
+  samples = np.asarray(pil).astype(np.uint32)
+  return np.repeat((samples >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _to_rgb(pil: Image.Image, source_format: str | None, name: str) -> np.ndarray:
+  """Any supported PIL image -> uint8 (H, W, 3), following the module docstring's rules."""
+  mode = pil.mode
+  if mode in _SIXTEEN_BIT or (mode == "I" and source_format == "PNG"):
+    # PNG holds at most 16 bits per sample; older Pillow opens 16-bit greyscale PNGs as I.
+    return _sixteen_bit_to_rgb(pil)
+  if mode in _WITH_ALPHA or (mode in ("L", "P", "RGB") and "transparency" in pil.info):
+    background = Image.new("RGBA", pil.size, _BACKGROUND + (255,))
+    return np.asarray(Image.alpha_composite(background, pil.convert("RGBA")).convert("RGB"))
+  if mode in _PLAIN:
+    return np.asarray(pil.convert("RGB"))
+  if mode in ("I", "F"):
+    raise UserError(f"{name}: {'32-bit integer' if mode == 'I' else 'floating-point'} "
+                    "samples have no known display range; save it with 8 or 16 bits per "
+                    "channel")
+  raise UserError(f"{name}: images in mode {mode} are not supported; save it as RGB")
+
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
-  """Encoded bytes (JPEG, PNG, ...) -> uint8 (H, W, 3) RGB; UserError if unreadable."""
+  """Encoded bytes (JPEG, PNG, ...) -> uint8 (H, W, 3) RGB as displayed; UserError if
+  unreadable or refused (see the module docstring)."""
   try:
     with Image.open(io.BytesIO(data)) as pil:
-      # convert() forces the full decode, so truncation surfaces here and not later.
-      image = np.asarray(pil.convert("RGB"), np.uint8)
+      source_format = pil.format
+      # exif_transpose returns a decoded copy, so truncation surfaces here and not later.
+      upright = ImageOps.exif_transpose(pil)
+      image = np.asarray(_to_rgb(upright, source_format, name), np.uint8)
+  except UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError... for bad input;
     # all of them mean "this file has no usable image".

@@ -27,6 +27,10 @@ from efficientsam_jax.io import checkpoints as checkpoints_lib
 from efficientsam_jax.train import optim, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
 
+# A run whose first this many batches hold no readable example stops (UserError): a folder of
+# unreadable files must not train on blanks, with loss 0, and write checkpoints.
+BLANK_BATCHES = 10
+
 
 class Task(abc.ABC):
   """The trainer-specific half of a run: its model, loss, data and teacher.
@@ -232,6 +236,22 @@ def train(config, workdir: str, task: Task) -> dict:
       print(json.dumps(report))
     return report
 
+  # From here a SIGTERM or Ctrl-C means: finish the current step, save, exit 75.
+  preemption = runtime.PreemptionWatch()
+  try:
+    return _train(config, workdir, task, preemption)
+  finally:
+    preemption.close()
+
+
+def _blank_data_error(batches: int, config) -> UserError:
+  return UserError(
+      f"the first {batches} batches ({batches * config.batch_size} images) held no readable "
+      "example: every image (or its annotations) was unreadable; check config.data. Nothing "
+      "was saved")
+
+
+def _train(config, workdir: str, task: Task, preemption) -> dict:
   # --- Shapes, shardings, checks: all before anything is compiled --------------------------
   setup = Setup(config, task)
   runtime.check_workdir(workdir, 2 * setup.checkpoint_bytes)
@@ -247,23 +267,35 @@ def train(config, workdir: str, task: Task) -> dict:
   params, opt_state, start_step = initial_state(setup, checkpoints, train_iter)
   # The teacher: loaded once, placed by the same rules, never checkpointed.
   teacher = task.load_teacher(setup.abstract_teacher)
-  step_fn = setup.jitted_step()
+  compile_start = time.perf_counter()
+  step_fn = setup.compile()
+  logging.info("train step compiled in %.1fs", time.perf_counter() - compile_start)
 
   # --- Loop --------------------------------------------------------------------------------
   writer = MetricWriter(workdir, config.total_steps, resumed_step=start_step)
-  preemption = runtime.PreemptionWatch()
+  # Every process compiled alone; they meet here, at a barrier of the job's coordination
+  # service (no time limit that matters), so that they reach the first step's collectives
+  # together: Gloo's CPU collectives give up when one process arrives 30 s after another
+  # (process 0 alone also opens the metric files, and tensorboardX imports torch).
+  checkpoints_lib.wait_for_all_processes("start of training")
+  replicated = sharding.replicated(mesh)
   pending = None  # (step, device metrics): fetched one step late so the device never waits
   last_record, counters = {}, {"skipped_images": 0, "skipped_updates": 0}
-  compile_start = time.perf_counter()
+  blank_batches = 0  # batches without one readable example, until the first that has one
 
   def finish(step, metrics):
-    nonlocal last_record
+    nonlocal last_record, blank_batches
     host = jax.device_get(metrics)
     if not (np.isfinite(host["loss"]) and np.isfinite(host["param_norm"])):
       raise runtime.NonFiniteError(
           f"non-finite loss ({host['loss']}) or parameters at step {step}; the last checkpoint"
           " holds the last good state (set nonfinite_policy=skip to skip such updates)")
-    counters["skipped_images"] += config.batch_size - int(host.pop("valid_images"))
+    valid = int(host.pop("valid_images"))
+    if blank_batches >= 0:
+      blank_batches = -1 if valid else blank_batches + 1
+      if blank_batches >= BLANK_BATCHES:
+        raise _blank_data_error(blank_batches, config)
+    counters["skipped_images"] += config.batch_size - valid
     counters["skipped_updates"] += int(host.pop("skipped_update", 0))
     if step % config.log_every == 0 or step == config.total_steps:
       last_record = writer.write(step, {**host, **counters})
@@ -273,11 +305,9 @@ def train(config, workdir: str, task: Task) -> dict:
       for step in range(start_step, config.total_steps):
         batch = sharding.host_batch_to_global(next(train_iter), mesh)
         params, opt_state, metrics = step_fn(params, opt_state, teacher, batch,
-                                             jnp.asarray(step, jnp.int32))
+                                             jax.device_put(np.int32(step), replicated))
         if step == start_step:
           jax.block_until_ready(metrics)
-          logging.info("first step (compile included) took %.1fs",
-                       time.perf_counter() - compile_start)
           writer.start_timer(step + 1)
         if pending is not None:
           finish(*pending)
@@ -287,16 +317,19 @@ def train(config, workdir: str, task: Task) -> dict:
         if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
           finish(*pending)  # never checkpoint a state whose loss was not checked
           pending = None
+          if blank_batches > 0:  # nothing readable yet: nothing worth keeping
+            raise _blank_data_error(blank_batches, config)
           checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
+          logging.info("checkpoint at step %d: saving to %s", done,
+                       os.path.join(checkpoints.directory, str(done)))
         if preempted:
           checkpoints.close()
-          raise runtime.Preempted(done)
+          raise runtime.Preempted(done, preemption.cause)
       if pending is not None:
         finish(*pending)
     logging.info("parameter digest (process %d): %s", jax.process_index(),
                  runtime.replicated_digest(params))
   finally:
-    preemption.close()
     checkpoints.close()
     writer.close()
   return last_record

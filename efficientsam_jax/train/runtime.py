@@ -5,8 +5,9 @@ Exit statuses of `python -m efficientsam_jax.main` (launch scripts rely on them)
   2   a user mistake (config, path, data, weights): one line on stderr.
   3   a non-finite loss or parameters (`nonfinite_policy=stop`); nothing after the last good
       checkpoint was saved.
-  75  stopped by SIGTERM (preemption) after saving a checkpoint at the current step; run the
-      same command again to resume (75 is EX_TEMPFAIL: "try again").
+  75  stopped by SIGTERM (preemption) or Ctrl-C after saving a checkpoint at the current step;
+      run the same command again to resume (75 is EX_TEMPFAIL: "try again"). A second Ctrl-C
+      stops at once (killed by SIGINT: 130 in a shell), without saving.
 """
 import hashlib
 import os
@@ -26,8 +27,8 @@ EXIT_PREEMPTED = 75
 class Preempted(Exception):
   """Raised after the preemption checkpoint is written."""
 
-  def __init__(self, step: int):
-    super().__init__(f"stopped by SIGTERM after saving a checkpoint at step {step}; "
+  def __init__(self, step: int, cause: str = "SIGTERM"):
+    super().__init__(f"stopped by {cause} after saving a checkpoint at step {step}; "
                      "run the same command again to resume")
     self.step = step
 
@@ -66,33 +67,52 @@ def initialize_distributed(num_processes: int | None = None, process_id: int | N
 
 
 class PreemptionWatch:
-  """Tells every process, at the same step, that a SIGTERM arrived.
+  """Tells every process, at the same step, that a SIGTERM or a Ctrl-C (SIGINT) arrived.
 
-  With several processes JAX's preemption sync service agrees on the step (a notice on any
-  host reaches all of them); a single process handles SIGTERM itself.
+  Both mean "finish this step, save, exit 75". A second Ctrl-C stops the process at once:
+  after the first one SIGINT gets its default action back, which the kernel carries out even
+  while Python waits inside a compiled computation (the signal kills the process, status
+  130 in a shell; the last complete checkpoint stays the resume point).
+
+  With several processes JAX's preemption sync service agrees on the step (a SIGTERM on any
+  host reaches all of them); a SIGINT is passed on to it as a SIGTERM to this process. A
+  single process handles both signals itself.
   """
 
   def __init__(self):
     self._multi = jax.process_count() > 1
-    self._notified = False
+    self.cause = None  # the signal that asked to stop, once one did
+    self._previous = {signal.SIGINT: signal.signal(signal.SIGINT, self._on_sigint)}
     if not self._multi:
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
     logging.warning("SIGTERM: finishing this step, then saving a checkpoint")
-    self._notified = True
+    self.cause = self.cause or "SIGTERM"
+
+  def _on_sigint(self, signum, frame):
+    del signum, frame
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    logging.warning("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to "
+                    "stop at once, without saving)")
+    self.cause = self.cause or "SIGINT"
+    if self._multi:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier listens to SIGTERM
 
   def reached(self, step: int) -> bool:
     """Call after every step, on every process, with the same step."""
     if self._multi:
       from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._notified
+      reached = multihost_utils.reached_preemption_sync_point(step)
+      if reached and self.cause is None:
+        self.cause = "SIGTERM or Ctrl-C"  # on this process (JAX's handler) or another
+      return reached
+    return self.cause is not None
 
   def close(self) -> None:
-    if not self._multi:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def check_workdir(workdir: str, bytes_needed: int) -> None:

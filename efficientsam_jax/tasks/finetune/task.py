@@ -23,9 +23,37 @@ from efficientsam_jax.models import efficient_sam, precision
 from efficientsam_jax.tasks.finetune import loss as seg_losses
 from efficientsam_jax.tasks.finetune import prompts
 from efficientsam_jax.tasks.finetune.model import SIZES, model_config
-from efficientsam_jax.train import loop
+from efficientsam_jax.train import config_checks, loop
 
 DEMO_SUBDIR = "demo_data"
+
+
+def check_config(config) -> None:
+  """Every value of a finetuning config, before anything is built or written (one place)."""
+  config_checks.run_settings(config)
+  config_checks.one_of(config, "data.source", ("sa1b", "coco", "demo"))
+  config_checks.one_of(config, "model.size", tuple(sorted(SIZES)))
+  config_checks.one_of(config, "model.dtype", precision.DTYPES)
+  config_checks.multiple_of(config, "model.image_size", 16)
+  if config.data.image_size != config.model.image_size:
+    raise UserError(f"config.data.image_size ({config.data.image_size}) must equal "
+                    f"model.image_size ({config.model.image_size})")
+  if config.data.mask_size != config.model.image_size // 4:
+    raise UserError(f"config.data.mask_size must be model.image_size / 4 = "
+                    f"{config.model.image_size // 4} (the decoder's low-res output), got "
+                    f"{config.data.mask_size}")
+  if config.model.get("encoder_depth") is not None:
+    config_checks.at_least(config, 1, "model.encoder_depth")
+  config_checks.at_least(config, 1, "data.max_masks")
+  config_checks.in_range(config, "data.max_area_fraction", 0, 1, include_low=False)
+  if config.data.source == "demo":
+    config_checks.at_least(config, 1, "data.demo.num_train", "data.demo.num_val")
+    config_checks.multiple_of(config, "data.demo.image_size", 16)
+  config_checks.input_pipeline(config)
+  config_checks.in_range(config, "prompts.box_probability", 0, 1)
+  config_checks.at_least(config, 0, "prompts.box_noise_std", "prompts.box_max_noise",
+                         "prompts.refine_iters", "loss.focal_weight", "loss.dice_weight",
+                         "loss.iou_weight")
 
 
 class EfficientSamTask(loop.Task):
@@ -33,19 +61,6 @@ class EfficientSamTask(loop.Task):
 
   def __init__(self, config):
     super().__init__(config)
-    if config.data.source not in ("sa1b", "coco"):
-      raise UserError(f"data.source must be 'sa1b', 'coco' or 'demo', got {config.data.source!r}")
-    if config.model.image_size % 16 or config.data.image_size != config.model.image_size:
-      raise UserError(f"data.image_size ({config.data.image_size}) must equal model.image_size "
-                      f"({config.model.image_size}), a multiple of 16")
-    if config.data.mask_size != config.model.image_size // 4:
-      raise UserError(f"data.mask_size must be model.image_size / 4 = "
-                      f"{config.model.image_size // 4} (the decoder's low-res output)")
-    if config.model.size not in SIZES:
-      raise UserError(f"model.size must be one of {sorted(SIZES)}")
-    if config.model.get("dtype", "float32") not in precision.DTYPES:
-      raise UserError(f"model.dtype must be one of {', '.join(precision.DTYPES)}, got "
-                      f"{config.model.dtype!r}")
     self.model_config = model_config(config.model)
     self.model = efficient_sam.EfficientSam(self.model_config)
 
@@ -136,6 +151,7 @@ def with_demo_data(config, workdir: str):
 
 def train(config, workdir: str) -> dict:
   """Runs EfficientSAM finetuning in `workdir`; returns the last logged metrics."""
+  check_config(config)
   config, val_dir = with_demo_data(config, workdir)
   record = loop.train(config, workdir, EfficientSamTask(config))
   if val_dir and jax.process_index() == 0:

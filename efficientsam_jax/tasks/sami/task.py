@@ -26,7 +26,7 @@ from efficientsam_jax.tasks.sami import loss as sami_losses
 from efficientsam_jax.tasks.sami import masking
 from efficientsam_jax.tasks.sami import student as sami_model
 from efficientsam_jax.tasks.sami.teacher import Teacher, feature_dim
-from efficientsam_jax.train import loop
+from efficientsam_jax.train import config_checks, loop
 
 STUDENT_KINDS = ("vit", "tiny_vit")
 
@@ -47,6 +47,29 @@ def check_objective(config) -> None:
                     "decoder.kind='none' and mask_ratio=0 (configs/mobilesam_distill.py)")
   if config.loss.masked_only and config.mask_ratio == 0:
     raise UserError("config.loss.masked_only with mask_ratio=0 leaves no token to learn from")
+
+
+def check_config(config) -> None:
+  """Every value of a SAMI / distillation config, before anything is built (one place: the
+  shared run settings, the objective, the student, the data view)."""
+  config_checks.run_settings(config)
+  check_objective(config)
+  config_checks.in_range(config, "mask_ratio", 0, 1, include_high=False)
+  config_checks.one_of(config, "loss.kind", sami_losses.LOSS_KINDS)
+  if config.student.get("kind", "vit") == "vit":
+    config_checks.one_of(config, "student.size", tuple(vit.VIT_SIZES))
+  if config.decoder.kind != sami_model.NO_DECODER:
+    config_checks.at_least(config, 1, "decoder.width", "decoder.depth", "decoder.num_heads")
+    config_checks.positive(config, "decoder.mlp_ratio")
+    if config.decoder.width % config.decoder.num_heads:
+      raise UserError(f"config.decoder.width ({config.decoder.width}) must be a multiple of "
+                      f"decoder.num_heads ({config.decoder.num_heads})")
+  # Student and teacher cut the image into 16-pixel patches.
+  config_checks.multiple_of(config, "data.image_size", 16)
+  if config.data.source == "demo":
+    config_checks.at_least(config, 1, "data.num_demo_images")
+  config_checks.input_pipeline(config)
+  data.check_view_config(config.data)
 
 
 def build_student(config):
@@ -161,4 +184,5 @@ class SamiTask(loop.Task):
 
 def train(config, workdir: str) -> dict:
   """Runs SAMI pretraining (or distillation) in `workdir`; returns the last logged metrics."""
+  check_config(config)
   return loop.train(config, workdir, SamiTask(config))
