@@ -15,6 +15,7 @@ The process ends with os._exit after a user error: after a failed Orbax read its
 threads would print asyncio tracebacks during interpreter shutdown, burying the message.
 """
 import ctypes
+import difflib
 import logging as std_logging
 import os
 import re
@@ -105,6 +106,36 @@ def _config_error(error: Exception) -> str:
   return one_line(error)
 
 
+def _unknown_override(argv: list[str], error: Exception) -> str | None:
+  """`--config.KEY=VALUE` naming a key the config lacks, as one line with the keys nearby
+  (ml_collections reports only the bare key); None for any other error."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  quoted = re.search(r"'([^']+)'", str(error))
+  if not isinstance(error, (KeyError, AttributeError)) or not quoted:
+    return None
+  for arg in argv[1:]:
+    match = re.fullmatch(r"--(\w+)\.([\w.]+)=.*", arg, re.DOTALL)
+    if not match or match.group(1) not in _config_flag_names():
+      continue
+    parts = match.group(2).split(".")
+    if quoted.group(1) not in parts:
+      continue
+    where = ".".join(parts[:parts.index(quoted.group(1))])
+    try:  # the flag holds no value yet: load the config again for the keys nearby
+      source = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{match.group(1)}=")][-1]
+      node = flags.FLAGS[match.group(1)].parser.parse(source)
+      for part in where.split(".") if where else ():
+        node = node[part]
+      close = difflib.get_close_matches(quoted.group(1), list(node.keys()), n=3)
+    except Exception:  # pylint: disable=broad-except
+      close = []
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return (f"--{match.group(1)}.{match.group(2)}: the config has no key "
+            f"{match.group(1)}.{'.'.join(parts[:parts.index(quoted.group(1)) + 1])}{hint}")
+  return None
+
+
 def _flag_error(error: Exception) -> str:
   """A flag parsing error in one line. ml_collections reports an exception raised by a config
   file's get_config (a bad variant word) with the whole traceback in the message: the flag
@@ -148,8 +179,9 @@ def run(main, program: str, *, library_level: int = std_logging.ERROR,
     except flags.Error as e:
       fail(program, _flag_error(e))
     except Exception as e:  # pylint: disable=broad-except
-      # A config file's get_config raising (a bad variant word) or failing to import.
-      fail(program, f"--config: {_config_error(e)}")
+      # A config file's get_config raising (a bad variant word) or failing to import, or an
+      # override naming a key the config does not have.
+      fail(program, _unknown_override(argv, e) or f"--config: {_config_error(e)}")
     if len(rest) > 1:
       fail(program, f"unexpected arguments: {' '.join(rest[1:])} (flags look like --name=value)")
     _check_configs(program)

@@ -12,6 +12,7 @@ import numpy as np
 
 from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.tasks.sami.task import check_config
 from efficientsam_jax.tasks.sami.teacher import Teacher
 from efficientsam_jax.train import sharding
 
@@ -27,6 +28,7 @@ def write_cache(config, output: str, batch_size: int | None = None,
   per-device batch of training (its bf16 results depend on it, at the level of bf16 noise).
   Returns {"records", "skipped_shards", "seconds"}.
   """
+  check_config(config)  # the config trains on this cache: its values must hold
   if config.teacher.get("cache_dir"):
     raise UserError("config.teacher.cache_dir is set: the config already reads a cache")
   teacher = Teacher(config.teacher)
