@@ -12,17 +12,30 @@ from efficientsam_jax.inference.queries import Queries
 from efficientsam_jax.io import images
 
 
+def _object_without_repeated_keys(pairs) -> dict:
+  """json's object hook: a key given twice ({"box": A, "box": B}) is ambiguous, not B."""
+  keys = [k for k, _ in pairs]
+  repeated = sorted({k for k in keys if keys.count(k) > 1})
+  if repeated:
+    raise ValueError(f"key {repeated[0]!r} appears twice in one object")
+  return dict(pairs)
+
+
 def read_prompts(path: str) -> Queries:
   """A prompts JSON file -> Queries (mask_input paths relative to the file)."""
   try:
     with open(path) as f:
-      parsed = json.load(f)
+      parsed = json.load(f, object_pairs_hook=_object_without_repeated_keys)
   except FileNotFoundError:
     raise UserError(f"{path}: no such prompts file") from None
   except IsADirectoryError:
     raise UserError(f"{path}: is a directory, not a prompts file") from None
   except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not valid JSON ({one_line(e)})") from None
+  except RecursionError:
+    raise UserError(f"{path}: not a prompts file (nested too deeply)") from None
+  except ValueError as e:  # a repeated key
+    raise UserError(f"{path}: {e}") from None
   return Queries.from_json(parsed, os.path.dirname(os.path.abspath(path)))
 
 

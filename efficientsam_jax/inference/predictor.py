@@ -159,9 +159,13 @@ class Predictor:
 
   def predict_queries(self, queries: Queries, full_resolution: bool = True,
                       length: int | None = None) -> dict:
-    """Decodes `Queries` (e.g. a prompts file's, `Queries.from_json`) as predict does.
+    """Decodes `Queries` (e.g. a prompts file's, `Queries.from_json`) as predict does, after
+    `Queries.check_fits` (clicks inside the image, boxes on it, no point the model drops).
     length: prompt array length; default the model's `prompt_length` for these queries."""
     self._require_image()
+    most = queries.most_prompts
+    cut = self.model.prompt_length(most)  # below `most`: the model would drop the rest
+    queries.check_fits(*self._image_hw, max_points=cut if cut < most else None)
     points, labels = queries.arrays(length or self.model.prompt_length(queries.longest))
     masks, has_mask = queries.mask_arrays(4 * self.config.grid)
     return self.predict_arrays(points, labels, full_resolution, masks, has_mask)

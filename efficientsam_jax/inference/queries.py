@@ -5,7 +5,10 @@ both (its points, then the box's two corners labelled 2 and 3, as SAM orders its
 original-image pixels; labels are 1 positive, 0 negative, 2/3 box corners, -1 padding. A
 SAM / MobileSAM query may add `"mask_input"`: low-resolution logits (4g x 4g, or 1 x 4g x
 4g) from a previous prediction, as a nested list or the path of a .npy file (relative to the
-prompts file). Every problem is a UserError naming the query.
+prompts file). Every problem is a UserError naming the query: values that are not JSON
+numbers (booleans, strings), non-finite coordinates, unknown keys, an inverted box
+(x2 < x1: often x, y, width, height given for corners), and, against the image
+(`check_fits`), clicks outside it, boxes that miss it, more points than the model reads.
 """
 import dataclasses
 import os
@@ -65,6 +68,34 @@ class Queries:
       masks[i], has_mask[i] = mask.reshape(size, size), True
     return masks, has_mask
 
+  @property
+  def most_prompts(self) -> int:
+    """The most points and box corners of any query, padding not counted."""
+    return max((int((l != pe.LABEL_PADDING).sum()) for l in self.labels), default=0)
+
+  def check_fits(self, height: int, width: int, max_points: int | None = None) -> None:
+    """UserError naming the first query that cannot mean what it says on an image of this
+    size: a click outside the image, a box that misses it entirely (prompts for another
+    image, or another scale), or more than `max_points` points and box corners (a model
+    that would drop the rest, as EfficientSAM does)."""
+    for i, (p, l) in enumerate(zip(self.points, self.labels)):
+      used = int((l != pe.LABEL_PADDING).sum())
+      if max_points is not None and used > max_points:
+        raise UserError(f"query {i}: {used} points and box corners; this model reads at most "
+                        f"{max_points}")
+      clicks = p[(l == pe.LABEL_POSITIVE) | (l == pe.LABEL_NEGATIVE)]
+      outside = ((clicks < 0) | (clicks > [width, height])).any(axis=1)
+      if outside.any():
+        x, y = clicks[outside][0]
+        raise UserError(f"query {i}: point [{x:g}, {y:g}] lies outside the {width}x{height} "
+                        "image (coordinates are pixels of the original image)")
+      corners = p[(l == pe.LABEL_BOX_TOP_LEFT) | (l == pe.LABEL_BOX_BOTTOM_RIGHT)]
+      if len(corners) == 2:
+        (x1, y1), (x2, y2) = corners
+        if x2 < 0 or y2 < 0 or x1 > width or y1 > height:
+          raise UserError(f"query {i}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the "
+                          f"{width}x{height} image")
+
   @classmethod
   def from_json(cls, queries, base_dir: str = ".") -> "Queries":
     """A parsed prompts file (a list of query objects) -> Queries; base_dir resolves relative
@@ -114,10 +145,54 @@ class Queries:
 
 
 def _check_values(points: np.ndarray, labels: np.ndarray, where: str) -> None:
+  """Finite coordinates, known labels, and a box (corners labelled 2 and 3) not inverted."""
   if not np.isfinite(points).all():
     raise UserError(f"{where}: coordinates must be finite numbers")
   if not np.isin(labels, LABELS).all():
     raise UserError(f"{where}: labels must be -1, 0, 1, 2 or 3")
+  top_left = points[labels == pe.LABEL_BOX_TOP_LEFT]
+  bottom_right = points[labels == pe.LABEL_BOX_BOTTOM_RIGHT]
+  if len(top_left) == 1 and len(bottom_right) == 1:
+    (x1, y1), (x2, y2) = top_left[0], bottom_right[0]
+    if x2 < x1 or y2 < y1:
+      raise UserError(f"{where}: box [{x1:g}, {y1:g}, {x2:g}, {y2:g}] has x2 < x1 or y2 < y1 "
+                      "(a box is two corners, x1, y1, x2, y2, not x, y, width, height)")
+
+
+QUERY_KEYS = ("points", "labels", "box", "mask_input")
+
+
+def _plain_numbers(value, max_depth: int = 3) -> bool:
+  """True if `value` is a number or (nested, at most max_depth) lists of numbers; booleans,
+  strings and None are not numbers here, though numpy would turn them into some."""
+  stack = [(value, 0)]
+  while stack:
+    item, depth = stack.pop()
+    if isinstance(item, (list, tuple)):
+      if depth == max_depth:
+        return False
+      stack.extend((x, depth + 1) for x in item)
+    elif isinstance(item, bool) or not isinstance(item, (int, float, np.integer, np.floating)):
+      return False
+  return True
+
+
+def _numbers(value, where: str, what: str) -> np.ndarray:
+  """JSON numbers (nested lists) or a numeric numpy array -> float64 array; UserError for
+  anything else (booleans, strings, nulls, ragged lists), so nothing is read as a number it
+  does not say."""
+  if isinstance(value, np.ndarray):
+    plain = value.dtype.kind in "iuf"
+  else:
+    plain = _plain_numbers(value)
+  try:
+    if plain:
+      return np.asarray(value, np.float64)
+  except OverflowError:
+    raise UserError(f"{where}: {what} must be finite numbers") from None
+  except (TypeError, ValueError):  # ragged lists
+    pass
+  raise UserError(f"{where}: {what} must be numbers (in lists of the right shape)")
 
 
 def _parse_query(query, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,39 +203,43 @@ def _parse_query(query, index: int) -> tuple[np.ndarray, np.ndarray]:
   has_points = "points" in query or "labels" in query
   if not has_points and "box" not in query:
     raise UserError(f"{where}: needs 'points' and 'labels', or 'box'")
+  unknown = sorted(str(k) for k in query if k not in QUERY_KEYS)
+  if unknown:
+    raise UserError(f"{where}: unknown key {unknown[0]!r} (a query has "
+                    f"{', '.join(QUERY_KEYS)})")
   points = np.zeros((0, 2), np.float64)
   labels = np.zeros((0,), np.float64)
-  try:
-    if has_points:
-      if "points" not in query or "labels" not in query:
-        raise UserError(f"{where}: needs 'points' and 'labels', or 'box'")
-      points = np.asarray(query["points"], np.float64)
-      labels = np.asarray(query["labels"], np.float64)
-      if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
-        raise UserError(f"{where}: 'points' must be a non-empty list of [x, y]")
-      if labels.shape != (len(points),):
-        raise UserError(f"{where}: {len(points)} points but {labels.size} labels")
-    if "box" in query:
-      box = np.asarray(query["box"], np.float64)
-      if box.shape != (4,):
-        raise UserError(f"{where}: 'box' must be [x1, y1, x2, y2]")
-      points = np.concatenate([points, box.reshape(2, 2)])
-      labels = np.concatenate([labels, BOX_LABELS])
-  except (TypeError, ValueError) as e:
-    if isinstance(e, UserError):
-      raise
-    raise UserError(f"{where}: coordinates and labels must be numbers") from None
+  if has_points:
+    if "points" not in query or "labels" not in query:
+      raise UserError(f"{where}: needs 'points' and 'labels', or 'box'")
+    points = _numbers(query["points"], where, "coordinates and labels")
+    labels = _numbers(query["labels"], where, "coordinates and labels")
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+      raise UserError(f"{where}: 'points' must be a non-empty list of [x, y]")
+    if labels.shape != (len(points),):
+      raise UserError(f"{where}: {len(points)} points but {labels.size} labels")
+  if "box" in query:
+    box = _numbers(query["box"], where, "coordinates and labels")
+    if box.shape != (4,):
+      raise UserError(f"{where}: 'box' must be [x1, y1, x2, y2]")
+    points = np.concatenate([points, box.reshape(2, 2)])
+    labels = np.concatenate([labels, BOX_LABELS])
+  # Checked as the model gets them: 1e300 is finite, but not in float32.
+  with np.errstate(over="ignore"):
+    points, labels = points.astype(np.float32), labels.astype(np.float32)
   _check_values(points, labels, where)
-  return points.astype(np.float32), labels.astype(np.float32)
+  return points, labels
 
 
 def _read_mask_input(value, index: int, base_dir: str) -> np.ndarray:
-  try:
-    if isinstance(value, str):
+  where = f"query {index}"
+  if isinstance(value, str):
+    try:
       value = np.load(os.path.join(base_dir, value), allow_pickle=False)
-    mask = np.asarray(value, np.float32)
-  except (OSError, ValueError, TypeError) as e:
-    raise UserError(f"query {index}: cannot read 'mask_input' ({one_line(e)[:200]})") from None
+    except (OSError, ValueError, TypeError, EOFError) as e:
+      raise UserError(f"{where}: cannot read 'mask_input' ({one_line(e)[:200]})") from None
+  with np.errstate(over="ignore"):
+    mask = _numbers(value, where, "'mask_input' values").astype(np.float32)
   if not np.isfinite(mask).all():
-    raise UserError(f"query {index}: 'mask_input' must hold finite numbers")
+    raise UserError(f"{where}: 'mask_input' must hold finite numbers")
   return mask
