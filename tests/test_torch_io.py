@@ -103,3 +103,21 @@ def test_corrupted_files(tmp_path, fixtures_dir, damage):
 def test_missing_file(tmp_path):
   with pytest.raises(UserError, match="no such file"):
     torch_files.load(str(tmp_path / "nope.pt"))
+
+
+def test_expanded_tensors_are_read_and_a_huge_stride_0_tensor_is_refused(tmp_path):
+  torch = require_module("torch")
+  small = torch.arange(3.0).expand(4, 3)  # stride (0, 1): 48 bytes from a 12-byte storage
+  torch.save({"small": small}, tmp_path / "small.pt")
+  _assert_same_bits(torch_files.load(str(tmp_path / "small.pt"))["small"],
+                    small.contiguous().numpy(), "small")
+  # One float32 asking for 10^6 x 10^6 of itself: 3.6 TiB, refused before any allocation.
+  torch.save({"huge": torch.zeros(1).expand(10**6, 10**6)}, tmp_path / "huge.pt")
+  with pytest.raises(UserError, match=r"huge.pt: tensor of size \(1000000, 1000000\) with "
+                     r"stride \(0, 0\) would take 3.73e\+03 GiB from a storage of 4 bytes"):
+    torch_files.load(str(tmp_path / "huge.pt"))
+  # The bound is per file: many tensors that are each small still add up.
+  many = {f"t{i}": torch.zeros(1).expand(2**26) for i in range(5)}  # 5 x 256 MiB
+  torch.save(many, tmp_path / "many.pt")
+  with pytest.raises(UserError, match="refusing more than 1 GiB"):
+    torch_files.load(str(tmp_path / "many.pt"))

@@ -9,8 +9,11 @@
 `load` replays the pickle with an unpickler that knows only these few globals (tensors,
 storage types, OrderedDict) and refuses everything else, so a checkpoint cannot run code.
 Tensors come back as numpy arrays with their exact bits; strides and offsets are honoured.
+A tensor larger than its storage (zero strides) is bounded: MAX_EXPANSION_BYTES per file.
 """
 import collections
+import functools
+import math
 import pickle
 import zipfile
 from typing import Any
@@ -43,8 +46,16 @@ class _StorageType:
     self.dtype = _bfloat16() if dtype is _bfloat16 else np.dtype(dtype)
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused) -> np.ndarray:
-  """`torch._utils._rebuild_tensor_v2` in numpy: a strided view of the storage, copied."""
+# What all the tensors of one file may take beyond their storages. A tensor is a strided view
+# of its storage; only zero or overlapping strides (torch's `expand`) make it larger, and a
+# stride-0 tensor of a few bytes could ask for any allocation. Released checkpoints have none.
+MAX_EXPANSION_BYTES = 1 << 30
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused,
+                    budget: list[int] | None = None) -> np.ndarray:
+  """`torch._utils._rebuild_tensor_v2` in numpy: a strided view of the storage, copied.
+  budget: [bytes the file's tensors may still take beyond their storages]; spent here."""
   size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
   if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
     raise UserError(f"bad tensor layout (size {size}, stride {stride}, offset {offset})")
@@ -53,6 +64,15 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused) ->
     if last >= storage.size:
       raise UserError(f"tensor of size {size} runs past its storage ({storage.size} items)")
   item = storage.itemsize
+  copy_bytes = math.prod(size) * item
+  beyond = max(0, copy_bytes - storage.size * item)
+  if budget is not None and beyond:
+    if beyond > budget[0]:
+      raise UserError(
+          f"tensor of size {size} with stride {stride} would take {copy_bytes / 2**30:.3g} GiB "
+          f"from a storage of {storage.size * item} bytes; refusing more than "
+          f"{MAX_EXPANSION_BYTES / 2**30:g} GiB of expanded (stride-0) tensors per file")
+    budget[0] -= beyond
   view = np.lib.stride_tricks.as_strided(storage[offset:] if storage.size else storage,
                                          size, tuple(s * item for s in stride), writeable=False)
   return np.array(view)  # own, C-contiguous memory
@@ -77,8 +97,11 @@ class _Unpickler(pickle.Unpickler):
     super().__init__(file)
     self._archive, self._prefix, self._byteorder = archive, prefix, byteorder
     self._storages: dict[str, np.ndarray] = {}
+    self._expansion_budget = [MAX_EXPANSION_BYTES]
 
   def find_class(self, module, name):
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return functools.partial(_rebuild_tensor, budget=self._expansion_budget)
     if (module, name) in _ALLOWED_GLOBALS:
       return _ALLOWED_GLOBALS[(module, name)]
     if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
