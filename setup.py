@@ -7,7 +7,7 @@ setuptools.setup(
     version="0.1.0",
     description="SAMI pretraining, EfficientSAM finetuning and inference in JAX/Flax.",
     packages=setuptools.find_packages(include=["efficientsam_jax", "efficientsam_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",

@@ -54,8 +54,7 @@ def main(argv):
     return
   out = files.predict_file(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output,
                            FLAGS.model, FLAGS.overlay, FLAGS.dtype)
-  print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits "
-        f"{tuple(out['logits'].shape)}")
+  print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits {out['logits_shape']}")
 
 
 if __name__ == "__main__":

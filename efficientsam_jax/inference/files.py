@@ -1,7 +1,9 @@
 """What `python -m efficientsam_jax.predict` does, as functions: inputs read from files, a
-Predictor run, results written as .npz (and an overlay PNG)."""
+Predictor run, results written as .npz (and an overlay PNG); full-resolution logits streamed
+to the file a chunk at a time (io/npz.py), so any number of queries fits in memory."""
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -9,7 +11,7 @@ from efficientsam_jax.errors import UserError, one_line
 from efficientsam_jax.inference import automatic, overlay
 from efficientsam_jax.inference.predictor import Predictor
 from efficientsam_jax.inference.queries import Queries
-from efficientsam_jax.io import images
+from efficientsam_jax.io import images, npz
 
 
 def _object_without_repeated_keys(pairs) -> dict:
@@ -46,27 +48,69 @@ def _write(path: str, write) -> None:
     raise UserError(f"cannot write {path} ({e.strerror or e})") from None
 
 
+# Full-resolution logits are upscaled and written this many bytes at a time.
+STREAM_CHUNK_BYTES = 256 << 20
+
+
+def _check_disk(path: str, needed: int) -> None:
+  """UserError when a local output's folder has less free space than the file needs."""
+  if "://" in path:
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    free = shutil.disk_usage(folder).free
+  except OSError:
+    return  # a missing folder fails at the write, with its own message
+  if free < needed:
+    raise UserError(f"{path} would take {needed / 2**30:.1f} GiB but {folder} has "
+                    f"{free / 2**30:.1f} GiB free (fewer queries, or another --output)")
+
+
 def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: str,
                  model: str | None = None, overlay_path: str | None = None,
                  dtype: str = "float32") -> dict:
   """Prompts from a file against an image file; writes OUTPUT.npz (logits, low_res_logits,
-  iou, image_embeddings) and the optional overlay. Returns the arrays written."""
+  iou, image_embeddings) and the optional overlay. The full-resolution logits are upscaled
+  and written a chunk at a time (never all in memory; the free disk space is checked first).
+  Returns what was written except the logits, and their shape as "logits_shape"."""
   image = images.read(image_path)
   queries = read_prompts(prompts_path)  # checked before the (slower) model load
   predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
   if queries.has_mask_input and not predictor.supports_mask_input:
     raise UserError(f"mask_input needs a SAM or MobileSAM model: {predictor.config.name} has "
                     "no mask-input path")
-  queries.mask_arrays(4 * predictor.config.grid)  # checked before the (slow) encoder runs
+  # Checked before the (slow) encoder runs:
+  queries.mask_arrays(4 * predictor.config.grid)
+  predictor.check_queries(queries, image.shape[:2])
+  h, w = image.shape[:2]
+  q, side, g = len(queries), 4 * predictor.config.grid, predictor.config.grid
+  _check_disk(output, npz.npz_bytes({
+      "logits": ((q, 3, h, w), np.float32), "low_res_logits": ((q, 3, side, side), np.float32),
+      "iou": ((q, 3), np.float32), "image_embeddings": ((256, g, g), np.float32)}))
   predictor.set_image(image)
-  out = predictor.predict_queries(queries)
+  out = predictor.predict_queries(queries, full_resolution=False)
   out["image_embeddings"] = predictor.image_embeddings
-  _write(output, lambda p: np.savez(p, **out))
+  canvas = overlay.MaskCanvas(image) if overlay_path else None
+  per_chunk = max(1, STREAM_CHUNK_BYTES // (3 * h * w * 4))
+
+  def logits_chunks():
+    for start in range(0, q, per_chunk):
+      logits = predictor.upscale(out["low_res_logits"][start:start + per_chunk])
+      if canvas is not None:
+        canvas.add(logits, out["iou"][start:start + per_chunk])
+      yield logits
+
+  def write(path):
+    with npz.NpzWriter(path) as f:
+      f.add_chunks("logits", (q, 3, h, w), np.float32, logits_chunks())
+      for name in ("low_res_logits", "iou", "image_embeddings"):
+        f.add(name, out[name])
+
+  _write(output, write)
   if overlay_path:
     points, labels = queries.arrays(queries.longest)
-    picture = overlay.overlay_image(image, out["logits"], out["iou"], points, labels)
-    _write(overlay_path, lambda p: picture.save(p, format="PNG"))
-  return out
+    _write(overlay_path, lambda p: canvas.picture(points, labels).save(p, format="PNG"))
+  return {**out, "logits_shape": (q, 3, h, w)}
 
 
 def everything_file(checkpoint: str, image_path: str, output: str, model: str | None = None,

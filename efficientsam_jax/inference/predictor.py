@@ -13,6 +13,11 @@ Compilation: the image is resized to the encoder's input size by its own small j
 function, so the encoder compiles once for every image size. Queries are padded to a bucket
 size (1, 4, 16, 64, then multiples of 64) and decoded in chunks of `query_chunk` inside one
 jitted call, so hundreds of queries cost one call and few compilations.
+
+Memory: results are checked against the host's available memory before any work
+(`check_result_memory`: full-resolution logits take Q x 3 x H x W x 4 bytes, 77 GB for
+10,000 queries at 800 x 800); more than MAX_QUERIES_PER_CALL queries are decoded in several
+calls, and masks are upscaled a chunk at a time, so the device holds one call's share.
 """
 import jax
 import jax.numpy as jnp
@@ -27,9 +32,24 @@ from efficientsam_jax.models.family import ModelConfig
 
 QUERY_BUCKETS = (1, 4, 16, 64)  # then multiples of the last
 UPSCALE_CHUNK = 16  # masks resized to full resolution per call
+# Queries decoded per jitted call: bounds the device memory of a call's low-resolution
+# logits (805 MB at 1024 px); a 32 x 32 segment-everything grid is one call.
+MAX_QUERIES_PER_CALL = 1024
 # Queries decoded at once inside a call (a lax.map step). Small chunks keep each step's
 # per-query image tensors (4096 x 256 per query at 1024) in the caches (docs/performance.md).
 QUERY_CHUNK = 4
+
+
+def available_memory() -> int | None:
+  """Bytes of host memory available to new allocations (Linux MemAvailable), or None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
 
 
 def bucket_size(num_queries: int) -> int:
@@ -163,12 +183,17 @@ class Predictor:
     `Queries.check_fits` (clicks inside the image, boxes on it, no point the model drops).
     length: prompt array length; default the model's `prompt_length` for these queries."""
     self._require_image()
-    most = queries.most_prompts
-    cut = self.model.prompt_length(most)  # below `most`: the model would drop the rest
-    queries.check_fits(*self._image_hw, max_points=cut if cut < most else None)
+    self.check_queries(queries)
     points, labels = queries.arrays(length or self.model.prompt_length(queries.longest))
     masks, has_mask = queries.mask_arrays(4 * self.config.grid)
     return self.predict_arrays(points, labels, full_resolution, masks, has_mask)
+
+  def check_queries(self, queries: Queries, image_hw: tuple[int, int] | None = None) -> None:
+    """`Queries.check_fits` for this model on an image of image_hw (default: the current
+    image): clicks inside it, boxes on it, no more points than the model reads."""
+    most = queries.most_prompts
+    cut = self.model.prompt_length(most)  # below `most`: the model would drop the rest
+    queries.check_fits(*(image_hw or self._image_hw), max_points=cut if cut < most else None)
 
   def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
                      full_resolution: bool = True, mask_input: np.ndarray | None = None,
@@ -188,6 +213,47 @@ class Predictor:
     if mask_input is not None and not self.supports_mask_input:
       raise UserError(f"mask_input needs a SAM or MobileSAM model: {self.config.name} has no "
                       "mask-input path")
+    self.check_result_memory(q, full_resolution)
+    lows, ious = [], []
+    for start in range(0, q, MAX_QUERIES_PER_CALL):
+      part = slice(start, start + MAX_QUERIES_PER_CALL)
+      low, iou = self._decode_call(
+          points[part], labels[part], None if mask_input is None else mask_input[part],
+          None if has_mask is None else np.asarray(has_mask)[part], min_iou)
+      lows.append(low)
+      ious.append(iou)
+    out = {"low_res_logits": np.concatenate(lows), "iou": np.concatenate(ious)}
+    if full_resolution:
+      out["logits"] = self.upscale(out["low_res_logits"])
+    return out
+
+  def result_bytes(self, num_queries: int, full_resolution: bool = True) -> dict:
+    """Host bytes of `num_queries` queries' results: {"low_res_logits", "logits" (full
+    resolution: Q x 3 x H x W x 4; 0 without full_resolution), "total"}."""
+    h, w = self._image_hw
+    low = num_queries * 3 * (4 * self.config.grid) ** 2 * 4
+    full = num_queries * 3 * h * w * 4 if full_resolution else 0
+    return {"low_res_logits": low, "logits": full, "total": low + full + num_queries * 12}
+
+  def check_result_memory(self, num_queries: int, full_resolution: bool = True) -> None:
+    """UserError, before any work, when the results would not fit in the available memory."""
+    need, available = self.result_bytes(num_queries, full_resolution), available_memory()
+    if available is None or need["total"] <= available:
+      return
+    h, w = self._image_hw
+    gib = lambda n: f"{n / 2**30:.1f} GiB"
+    detail = (f"full-resolution logits {num_queries} x 3 x {h} x {w} x 4 bytes = "
+              f"{gib(need['logits'])}, low-resolution {gib(need['low_res_logits'])}")
+    hint = ("ask for fewer queries per call, or full_resolution=False" if full_resolution
+            else "ask for fewer queries per call")
+    raise UserError(f"{num_queries} queries on a {w}x{h} image need {gib(need['total'])} for "
+                    f"their results ({detail}), but {gib(available)} of memory is available: "
+                    f"{hint}")
+
+  def _decode_call(self, points, labels, mask_input, has_mask, min_iou):
+    """One jitted decoder call for at most MAX_QUERIES_PER_CALL queries, padded to a bucket:
+    -> low-res logits (q, 3, 4g, 4g) and iou (q, 3), numpy."""
+    q = points.shape[0]
     padded = bucket_size(q)
     if padded > self.query_chunk:  # whole chunks inside the call
       padded = -(-padded // self.query_chunk) * self.query_chunk
@@ -206,21 +272,18 @@ class Predictor:
       low, iou = self._decode(*args)
     else:
       low, iou = self._decode(*args, np.float32(min_iou))
-    out = {"low_res_logits": np.asarray(low[:q]), "iou": np.asarray(iou[:q])}
-    if full_resolution:
-      out["logits"] = self.upscale(low[:q])
-    return out
+    return np.asarray(low[:q]), np.asarray(iou[:q])
 
   def upscale(self, low_res_logits) -> np.ndarray:
-    """(Q, M, 4g, 4g) -> (Q, M, H, W) float32 numpy, in chunks to bound device memory."""
+    """(Q, M, 4g, 4g) -> (Q, M, H, W) float32 numpy, in chunks to bound device memory (only
+    a chunk at a time is on the device)."""
     h, w = self._image_hw
     resized = tuple(int(v) for v in self.model.resized_hw(h, w))
-    low_res_logits = jnp.asarray(low_res_logits)
     q = low_res_logits.shape[0]
     out = np.empty((q,) + low_res_logits.shape[1:2] + (h, w), np.float32)
     chunk = min(bucket_size(q), UPSCALE_CHUNK)
     for start in range(0, q, chunk):
-      part = low_res_logits[start:start + chunk]
+      part = jnp.asarray(low_res_logits[start:start + chunk])
       n = part.shape[0]
       if n < chunk:  # same shape every time: one compilation per image size
         part = jnp.pad(part, ((0, chunk - n),) + ((0, 0),) * (part.ndim - 1))
