@@ -6,6 +6,8 @@ Every process (the same command on every host, as for training) writes its own s
 the teacher jitted over its local devices, the batch split between them: processes never
 wait for each other, so each can skip the shards it already finished.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,9 @@ def write_cache(config, output: str, batch_size: int | None = None,
   check_config(config)  # the config trains on this cache: its values must hold
   if config.teacher.get("cache_dir"):
     raise UserError("config.teacher.cache_dir is set: the config already reads a cache")
+  if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
+    # Found before the teacher loads (the cache module checks a folder's contents later).
+    raise UserError(f"cannot use {output} as the cache directory: it is a file")
   teacher = Teacher(config.teacher)
   data.num_examples(config)  # a missing dataset fails here, before the teacher weights load
   mesh = sharding.make_mesh(-1, 1, devices=jax.local_devices())
