@@ -32,9 +32,11 @@ def test_settings_a_user_edits_are_at_the_top():
   notebook = json.loads(NOTEBOOK.read_text())
   first_code = next(c for c in notebook["cells"] if c["cell_type"] == "code")
   source = "".join(first_code["source"])
-  for setting in ('REPO_URL = "https://github.com/OWNER/efficientsam_jax"', 'CHECKPOINT = ""',
-                  "ESAM_NOTEBOOK_SMALL"):
+  for setting in ('REPO_URL = ""', 'CHECKPOINT = ""', "ESAM_NOTEBOOK_SMALL"):
     assert setting in source
+  # No placeholder a user must find and replace: the badge opens Colab, the text says how.
+  assert "OWNER" not in NOTEBOOK.read_text()
+  assert "File > Upload notebook" in "".join(notebook["cells"][0]["source"])
 
 
 def _python3_kernel():
