@@ -71,44 +71,38 @@ def test_sigkill_at_three_random_moments_then_restart_gives_the_same_losses(refe
   _assert_same(reference, losses(workdir), rel=1e-6)
 
 
-def _wait_for_first_metrics(workdir, proc):
+def _stop_once_training(workdir, signum) -> int:
+  """Starts a 40-step run, sends `signum` once metrics appear, checks the stop (exit 75, one
+  last line naming the signal and the saved step, metrics up to exactly that step, no
+  traceback); returns the saved step."""
+  proc = popen(workdir, "--config.total_steps=40", "--config.checkpoint_every=1000")
   deadline = time.time() + 300
   metrics = os.path.join(workdir, "metrics.jsonl")
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
-      return
+      break
     time.sleep(0.01)
-
-
-def test_sigterm_saves_the_current_step_exits_75_and_resumes(reference, tmp_path):
-  workdir = str(tmp_path)
-  proc = popen(workdir, "--config.total_steps=40", "--config.checkpoint_every=1000")
-  _wait_for_first_metrics(workdir, proc)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 75, err[-2000:]
-  saved = checkpoint_steps(workdir)
-  assert saved and saved[-1] < 40
-  assert f"checkpoint at step {saved[-1]}" in err
-  assert max(losses(workdir)) == saved[-1]  # logged up to exactly the saved step
-  run(workdir, "--config.checkpoint_every=1000")
-  _assert_same(reference, losses(workdir), rel=1e-6)
-
-
-def test_ctrl_c_in_training_saves_the_current_step_and_exits_75(tmp_path):
-  workdir = str(tmp_path)
-  proc = popen(workdir, "--config.total_steps=40", "--config.checkpoint_every=1000")
-  _wait_for_first_metrics(workdir, proc)
-  proc.send_signal(signal.SIGINT)
+  proc.send_signal(signum)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 75, err[-2000:]
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
   saved = checkpoint_steps(workdir)
   assert saved and saved[-1] < 40
   assert err.strip().splitlines()[-1] == (
-      f"stopped by SIGINT after saving a checkpoint at step {saved[-1]}; run the same command "
-      "again to resume")
-  assert max(losses(workdir)) == saved[-1]
+      f"stopped by {signal.Signals(signum).name} after saving a checkpoint at step {saved[-1]}; "
+      "run the same command again to resume")
+  assert max(losses(workdir)) == saved[-1]  # logged up to exactly the saved step
+  return saved[-1]
+
+
+def test_sigterm_saves_the_current_step_exits_75_and_resumes(reference, tmp_path):
+  _stop_once_training(str(tmp_path), signal.SIGTERM)
+  run(str(tmp_path), "--config.checkpoint_every=1000")
+  _assert_same(reference, losses(str(tmp_path)), rel=1e-6)
+
+
+def test_ctrl_c_in_training_saves_the_current_step_and_exits_75(tmp_path):
+  _stop_once_training(str(tmp_path), signal.SIGINT)
 
 
 _TWO_CTRL_C = """
