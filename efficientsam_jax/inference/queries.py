@@ -8,11 +8,11 @@ SAM / MobileSAM query may add `"mask_input"`: low-resolution logits (4g x 4g, or
 prompts file). Every problem is a UserError naming the query.
 """
 import dataclasses
-import os
 
 import numpy as np
 
 from efficientsam_jax.errors import UserError, one_line
+from efficientsam_jax.io import paths
 from efficientsam_jax.models import prompt_encoder as pe
 
 LABELS = (pe.LABEL_PADDING, pe.LABEL_NEGATIVE, pe.LABEL_POSITIVE, pe.LABEL_BOX_TOP_LEFT,
@@ -157,7 +157,8 @@ def _parse_query(query, index: int) -> tuple[np.ndarray, np.ndarray]:
 def _read_mask_input(value, index: int, base_dir: str) -> np.ndarray:
   try:
     if isinstance(value, str):
-      value = np.load(os.path.join(base_dir, value), allow_pickle=False)
+      with paths.open_read(paths.join(base_dir, value)) as f:
+        value = np.load(f, allow_pickle=False)
     mask = np.asarray(value, np.float32)
   except (OSError, ValueError, TypeError) as e:
     raise UserError(f"query {index}: cannot read 'mask_input' ({one_line(e)[:200]})") from None

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from efficientsam_jax.errors import UserError, one_line
+from efficientsam_jax.io import paths
 
 
 def decode(data: bytes, name: str = "image") -> np.ndarray:
@@ -26,14 +27,7 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
 
 
 def read(path: str) -> np.ndarray:
-  """An image file -> uint8 (H, W, 3) RGB; UserError naming the path if it cannot be read."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such image") from None
-  except IsADirectoryError:
-    raise UserError(f"{path}: is a directory, not an image") from None
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+  """An image file (local or gs://) -> uint8 (H, W, 3) RGB; UserError naming the path if it
+  cannot be read."""
+  data = paths.read_input(path, "image")
   return decode(data, path)

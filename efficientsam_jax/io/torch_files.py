@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 
 def _bfloat16():
@@ -114,7 +115,7 @@ def load(path: str) -> Any:
   corrupted one, or one that pickles objects other than tensors and containers.
   """
   try:
-    with zipfile.ZipFile(path) as archive:
+    with paths.open_read(path) as f, zipfile.ZipFile(f) as archive:
       pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
       if len(pickles) != 1:
         raise UserError(f"{path}: not a PyTorch checkpoint (no <name>/data.pkl in the zip)")
@@ -128,8 +129,9 @@ def load(path: str) -> Any:
     message = str(e)
     raise UserError(message if message.startswith(str(path)) else f"{path}: {message}") \
         from None
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such file") from None
+  except FileNotFoundError as e:
+    error = paths.storage_error(e, path)
+    raise (error if "bucket" in str(error) else UserError(f"{path}: no such file")) from None
   except IsADirectoryError:
     raise UserError(f"{path}: is a directory, not a PyTorch file") from None
   except zipfile.BadZipFile as e:
@@ -146,14 +148,15 @@ def load(path: str) -> Any:
 def _is_legacy(path: str) -> bool:
   """Legacy torch files start with a pickled magic number (protocol 2 header)."""
   try:
-    with open(path, "rb") as f:
+    with paths.open_read(path) as f:
       return f.read(2) == b"\x80\x02"
   except OSError:
     return False
 
 
 def save(obj: Any, path: str) -> None:
-  """Writes nested dicts of arrays with `torch.save` (e.g. {"model": state_dict}).
+  """Writes nested dicts of arrays with `torch.save` (e.g. {"model": state_dict}), whole or
+  not at all (io/paths.py; local or gs://).
 
   Needs torch; arrays become CPU tensors with the same dtype, shape and bits.
   """
@@ -162,7 +165,8 @@ def save(obj: Any, path: str) -> None:
   except ImportError:
     raise UserError(f"writing {path} needs torch (pip install torch); it is not installed") \
         from None
-  torch.save(_to_torch(obj, torch), path)
+  tensors = _to_torch(obj, torch)
+  paths.write_with(path, lambda f: torch.save(tensors, f))
 
 
 def _to_torch(obj, torch):

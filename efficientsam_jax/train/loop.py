@@ -10,8 +10,8 @@ nor checkpointed (SAMI's SAM image encoder); *frozen* parameters are parameters 
 trained model that the optimiser never updates (a model's buffers, `optimizer.frozen`).
 """
 import abc
+import contextlib
 import json
-import os
 import time
 from typing import Callable
 
@@ -24,8 +24,11 @@ from absl import logging
 from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import checkpoints as checkpoints_lib
+from efficientsam_jax.io import paths
 from efficientsam_jax.train import optim, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
+
+CONFIG_FILE = "config.json"
 
 
 class Task(abc.ABC):
@@ -113,9 +116,39 @@ def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool):
 
 
 def write_config(config, workdir: str) -> None:
+  """WORKDIR/config.json, whole (process 0)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    paths.write(paths.join(workdir, CONFIG_FILE),
+                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def check_same_model(config, workdir: str, checkpoints, abstract_params) -> None:
+  """UserError when the workdir's checkpoints come from another trainer or model: resuming
+  would fail, and rewriting config.json would lose how they were trained."""
+  step = checkpoints.latest_step()
+  if step is None:
+    return
+  try:
+    old = json.loads(paths.read_bytes(paths.join(workdir, CONFIG_FILE)))
+  except (OSError, ValueError):
+    old = {}
+  trainer = old.get("trainer") if isinstance(old, dict) else None
+  if trainer and trainer != config.trainer:
+    raise UserError(f"workdir {workdir} holds checkpoints of the {trainer!r} trainer, not "
+                    f"{config.trainer!r}; use a new --workdir")
+  stored = checkpoints.param_shapes(step)
+  if stored is None:  # unreadable: restoring will set it aside as damaged
+    return
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  wanted = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
+            for k, v in flat}
+  if stored != wanted:
+    differ = sorted(set(stored) ^ set(wanted)) or sorted(
+        k for k in wanted if stored[k] != wanted[k])
+    name = differ[0]
+    raise UserError(f"workdir {workdir} holds checkpoints of another model (first "
+                    f"difference: {name} {stored.get(name, 'absent')} in the checkpoint, "
+                    f"{wanted.get(name, 'absent')} configured); use a new --workdir")
 
 
 class Setup:
@@ -199,14 +232,15 @@ def compile_report(setup: Setup) -> dict:
 
 
 def initial_state(setup: Setup, checkpoints, train_iter):
-  """(params, opt_state, start_step): the latest checkpoint, else init_from, else fresh."""
-  start_step = checkpoints.latest_step() or 0
-  if start_step:
+  """(params, opt_state, start_step): the latest intact checkpoint, else init_from, else
+  fresh."""
+  restored = checkpoints.restore_latest(
+      sharding.with_shardings(setup.abstract_params, setup.param_shardings),
+      sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings),
+      lambda: data.iterator_restore_args(train_iter))
+  if restored is not None:
+    start_step, params, opt_state = restored
     logging.info("resuming from step %d in %s", start_step, checkpoints.directory)
-    params, opt_state = checkpoints.restore(
-        start_step, sharding.with_shardings(setup.abstract_params, setup.param_shardings),
-        sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings),
-        data.iterator_restore_args(train_iter))
     return params, opt_state, start_step
   loaded = setup.task.init_from_params(setup.abstract_params)
   if loaded is not None:
@@ -234,7 +268,11 @@ def train(config, workdir: str, task: Task) -> dict:
 
   # --- Shapes, shardings, checks: all before anything is compiled --------------------------
   setup = Setup(config, task)
+  runtime.check_config_paths(config, workdir)
   runtime.check_workdir(workdir, 2 * setup.checkpoint_bytes)
+  checkpoints = checkpoints_lib.TrainCheckpoints(workdir, config.keep_checkpoints,
+                                                 config.async_checkpointing)
+  check_same_model(config, workdir, checkpoints, setup.abstract_params)
   write_config(config, workdir)
   mesh = setup.mesh
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
@@ -242,8 +280,6 @@ def train(config, workdir: str, task: Task) -> dict:
   train_iter = task.make_iterator()
 
   # --- State: restore, or init_from, or born sharded ---------------------------------------
-  checkpoints = checkpoints_lib.TrainCheckpoints(workdir, config.keep_checkpoints,
-                                                 config.async_checkpointing)
   params, opt_state, start_step = initial_state(setup, checkpoints, train_iter)
   # The teacher: loaded once, placed by the same rules, never checkpointed.
   teacher = task.load_teacher(setup.abstract_teacher)
@@ -287,6 +323,7 @@ def train(config, workdir: str, task: Task) -> dict:
         if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
           finish(*pending)  # never checkpoint a state whose loss was not checked
           pending = None
+          writer.sync()  # a bucket's metrics reach the checkpoint before it exists
           checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
         if preempted:
           checkpoints.close()
@@ -296,7 +333,9 @@ def train(config, workdir: str, task: Task) -> dict:
     logging.info("parameter digest (process %d): %s", jax.process_index(),
                  runtime.replicated_digest(params))
   finally:
-    preemption.close()
-    checkpoints.close()
-    writer.close()
+    # Each is closed even when another fails; the first failure is the one reported.
+    with contextlib.ExitStack() as stack:
+      stack.callback(writer.close)
+      stack.callback(checkpoints.close)
+      stack.callback(preemption.close)
   return last_record

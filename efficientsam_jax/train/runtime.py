@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75
@@ -96,22 +97,39 @@ class PreemptionWatch:
 
 
 def check_workdir(workdir: str, bytes_needed: int) -> None:
-  """One-line errors before compiling: a workdir we cannot write, or one with no room for a
-  checkpoint (checked for local paths; object stores report no free space)."""
-  if "://" in workdir:
+  """One-line errors before compiling, on every process: a workdir we cannot write (a
+  missing bucket, no permission, no credentials), or a local one with no room for a
+  checkpoint (object stores report no free space)."""
+  paths.check_writable_dir(workdir, "workdir")
+  if paths.is_remote(workdir):
     return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
-    with open(probe, "wb") as f:
-      f.write(b"\0" * 4096)
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
   free = shutil.disk_usage(workdir).free
   if free < bytes_needed:
     raise UserError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; a checkpoint needs "
                     f"about {bytes_needed / 2**30:.2f} GiB")
+
+
+def check_config_paths(config, output: str, output_label: str = "the workdir") -> None:
+  """One-line errors before compiling for the paths a config names: each gs:// bucket must
+  exist (a typo would otherwise surface deep inside a library, or as an empty checkpoint
+  folder), and none may be the output folder."""
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f"{prefix}.{key}"
+      if hasattr(value, "items"):
+        yield from walk(value, name)
+      elif isinstance(value, str):
+        for part in filter(None, (p.strip() for p in value.split(","))):
+          if paths.is_remote(part) or key in ("path", "checkpoint", "init_from", "cache_dir",
+                                              "annotations", "tfds_data_dir"):
+            yield name, part
+
+  for name, path in walk(config, "config"):
+    if paths.is_remote(path):
+      paths.check_bucket(path, name)
+    if paths.same_file(path, output):
+      raise UserError(f"{name}={path} is also {output_label}; give {output_label} its own "
+                      "folder")
 
 
 def tree_bytes(tree) -> int:

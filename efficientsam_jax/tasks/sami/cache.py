@@ -13,7 +13,7 @@ import numpy as np
 from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.tasks.sami.teacher import Teacher
-from efficientsam_jax.train import sharding
+from efficientsam_jax.train import runtime, sharding
 
 SHARD_BYTES = 512 << 20  # targets per shard file when not given: about this many bytes
 
@@ -29,6 +29,7 @@ def write_cache(config, output: str, batch_size: int | None = None,
   """
   if config.teacher.get("cache_dir"):
     raise UserError("config.teacher.cache_dir is set: the config already reads a cache")
+  runtime.check_config_paths(config, output, "--output")
   teacher = Teacher(config.teacher)
   data.num_examples(config)  # a missing dataset fails here, before the teacher weights load
   mesh = sharding.make_mesh(-1, 1, devices=jax.local_devices())
