@@ -14,9 +14,12 @@ through gcsfs, an install dependency). What this module owns:
   a partial object when an exception closes it).
 - one-line `UserError`s naming the path and the cause: no such bucket, permission denied,
   no credentials, no space, no such file (`storage_error`, `check_bucket`,
-  `check_writable_dir`).
-- bounded retries of transient storage errors (`retrying`).
+  `check_writable_dir`; the causes and the bounded retries of transient errors are in
+  storage_errors.py).
+- outputs that would clobber an input or an existing file (`check_outputs`).
 - the client settings a local GCS server needs (`_configure_clients`, at import).
+The module is long because it is the whole path layer: each operation's local and gs://
+forms belong side by side.
 """
 import contextlib
 import errno
@@ -25,19 +28,13 @@ import json
 import logging as std_logging
 import os
 import tempfile
-import time
 import uuid
 from typing import Callable
 
-from absl import logging
-
 from efficientsam_jax.errors import UserError, one_line
+from efficientsam_jax.io.storage_errors import cause, is_transient, retrying  # noqa: F401
 
 REMOTE_PREFIX = "gs://"
-# Transient storage errors: tries and the backoff between them (1, 2, 4, 8 s: about 15 s on
-# top of the clients' own retries).
-RETRY_ATTEMPTS = 5
-RETRY_FIRST_DELAY = 1.0
 # New local files get the mode a plain open() would give them (mkstemp's is 0600).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -120,53 +117,6 @@ def bucket(path) -> str:
 
 
 # --- Errors -------------------------------------------------------------------------------
-
-_FORBIDDEN = ("Forbidden", "PERMISSION_DENIED", "AccessDenied", "http_response_code='403'")
-_UNAUTHORISED = ("Unauthorized", "UNAUTHENTICATED", "http_response_code='401'",
-                 "DefaultCredentialsError", "RefreshError", "credentials were not found")
-_NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-             errno.EFBIG: "file too large for the filesystem (or the process's file size limit)"}
-_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
-_TRANSIENT = ("Service Unavailable", "UNAVAILABLE", "DEADLINE_EXCEEDED", "Too Many Requests",
-              "Internal Server Error", "Bad Gateway", "Gateway Timeout", "Connection reset",
-              "ServerDisconnected", "ClientConnector", "timed out")
-
-
-def cause(error: BaseException) -> str:
-  """Why a storage operation failed, in a few words a user can act on."""
-  text = f"{type(error).__name__}: {error}"
-  if isinstance(error, OSError) and error.errno in _NO_SPACE:
-    return _NO_SPACE[error.errno]
-  for marker in _NO_SPACE_TEXT:
-    if marker in text:
-      return _NO_SPACE[{"No space left on device": errno.ENOSPC,
-                        "Disk quota exceeded": errno.EDQUOT}.get(marker, errno.EFBIG)]
-  if isinstance(error, PermissionError) or any(m in text for m in _FORBIDDEN):
-    return "permission denied"
-  if any(m in text for m in _UNAUTHORISED):
-    return ("no valid credentials (on a Google Cloud VM its service account is used; "
-            "elsewhere run `gcloud auth application-default login`)")
-  if isinstance(error, FileNotFoundError):
-    return "no such file or directory"
-  if isinstance(error, IsADirectoryError):
-    return "is a directory"
-  if isinstance(error, NotADirectoryError):
-    return "not a directory"
-  if isinstance(error, OSError) and error.strerror:
-    return error.strerror
-  return one_line(text)[:300]
-
-
-def is_transient(error: BaseException) -> bool:
-  """A storage error that may go away by itself (a 5xx, a rate limit, a dropped connection)."""
-  if isinstance(error, (ConnectionError, TimeoutError)):
-    return True
-  code = getattr(error, "code", None)
-  if isinstance(code, int) and (code in (408, 429) or 500 <= code < 600):
-    return True
-  text = f"{type(error).__name__}: {error}"
-  return any(m in text for m in _TRANSIENT)
-
 
 def bucket_exists(path) -> bool:
   """For a gs:// path: whether its bucket exists (errors reaching it are UserErrors)."""
@@ -297,14 +247,19 @@ def makedirs(path) -> None:
 
 def write_with(path, write: Callable, action: str = "write") -> None:
   """Calls `write(file)` with a binary file object and puts the result at `path` atomically
-  (see the module docstring); UserError naming the path and the cause on failure."""
+  (see the module docstring). A storage failure is a UserError naming the path and the
+  cause; an exception of `write` itself propagates (and nothing is written)."""
+  if is_remote(path):
+    buffer = io.BytesIO()
+    write(buffer)  # its exceptions propagate before anything is sent
+    try:
+      _epath(path).write_bytes(buffer.getvalue())
+    except Exception as e:  # pylint: disable=broad-except
+      raise storage_error(e, path, action) from None
+    return
   try:
     write_raw(path, write)
   except OSError as e:
-    raise storage_error(e, path, action) from None
-  except Exception as e:  # pylint: disable=broad-except
-    if not is_remote(path):
-      raise  # a bug in `write`, not storage
     raise storage_error(e, path, action) from None
 
 
@@ -397,29 +352,6 @@ def check_writable_dir(path, what: str = "folder") -> None:
     raise UserError(f"{what} {path} is not writable: {reason}") from None
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"{what} {path} is not writable: {cause(e)}") from None
-
-
-# --- Retries ------------------------------------------------------------------------------
-
-def retrying(operation: Callable, what: str, attempts: int = RETRY_ATTEMPTS,
-             first_delay: float = RETRY_FIRST_DELAY, sleep: Callable = time.sleep):
-  """operation() with transient storage errors retried: `attempts` tries in all, the waits
-  doubling from `first_delay`. A persistent or non-transient failure is a UserError naming
-  `what` and the cause."""
-  delay = first_delay
-  for attempt in range(1, attempts + 1):
-    try:
-      return operation()
-    except UserError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      if not is_transient(e) or attempt == attempts:
-        tries = f" after {attempt} tries" if attempt > 1 else ""
-        raise UserError(f"{what}: failed{tries}: {cause(e)}") from None
-      logging.warning("%s: %s; retrying in %.0fs (try %d of %d)", what, cause(e), delay,
-                      attempt + 1, attempts)
-      sleep(delay)
-      delay *= 2
 
 
 # --- Outputs the user names ---------------------------------------------------------------
