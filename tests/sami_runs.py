@@ -53,3 +53,20 @@ def checkpoint_steps(workdir) -> list[int]:
         directory) else []
   return sorted(int(d) for d in (paths.list_dir(directory) if paths.is_dir(directory) else [])
                 if d.isdigit() and paths.exists(paths.join(directory, d, "commit_success.txt")))
+
+
+def random_model(name: str = "efficientsam_vitt", seed: int = 0):
+  """A model (io.model_files.LoadedModel) with small random weights, made from the
+  parameter shapes alone: nothing is compiled, so it takes a second even on a busy machine."""
+  import jax
+  import numpy as np
+  from efficientsam_jax.io import model_files
+  from efficientsam_jax.models import registry
+  family, config = registry.family_of(name), registry.config(name)
+  model = family.build(config)
+  shapes = jax.eval_shape(lambda rng: model.init(rng, *family.init_args(config),
+                                                 method=model.init_all)["params"],
+                          jax.random.key(0))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: (rng.normal(0, 0.02, s.shape)).astype(s.dtype), shapes)
+  return model_files.LoadedModel(config, params)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import require_module
-from sami_runs import REPO, env, losses, run
+from sami_runs import REPO, env, losses, random_model, run
 
 FT_SMOKE = "configs/efficientsam_vitt.py:demo,smoke"
 
@@ -46,11 +46,8 @@ def init_pt(store):
   """A released-format EfficientSAM-Ti .pt in the bucket (written through the path layer)."""
   require_module("torch")
   from efficientsam_jax.io import model_files
-  from efficientsam_jax.models import efficient_sam
-  config = efficient_sam.FAMILY.config("efficientsam_vitt")
-  params = efficient_sam.FAMILY.init_params(config, 3)
   path = f"{store}/weights/efficient_sam_vitt_init.pt"
-  model_files.save_torch(path, model_files.LoadedModel(config, params))
+  model_files.save_torch(path, random_model(seed=3))
   return path
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import require_module
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import paths, storage_errors
-from sami_runs import REPO, env
+from sami_runs import REPO, env, random_model
 
 
 def _limited(limit_bytes: int):
@@ -137,11 +137,8 @@ def small_pt(tmp_path_factory):
   """A released-format EfficientSAM-Ti .pt with random weights (about 40 MB)."""
   require_module("torch")
   from efficientsam_jax.io import model_files
-  from efficientsam_jax.models import efficient_sam
-  config = efficient_sam.FAMILY.config("efficientsam_vitt")
   path = str(tmp_path_factory.mktemp("weights") / "vitt.pt")
-  model_files.save_torch(path, model_files.LoadedModel(
-      config, efficient_sam.FAMILY.init_params(config, 0)))
+  model_files.save_torch(path, random_model())
   return path
 
 

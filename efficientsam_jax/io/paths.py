@@ -365,6 +365,7 @@ def check_outputs(outputs: dict, inputs: dict, overwrite: bool = False) -> None:
       if same_file(path, other):
         raise UserError(f"{label}={path} is also {other_label}: it would be overwritten; "
                         "choose another path")
+    check_bucket(path, label)
     if is_dir(path):
       raise UserError(f"{label}={path} is a directory; give a file name")
     if not overwrite and exists(path):

@@ -122,20 +122,26 @@ def write_config(config, workdir: str) -> None:
                 config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
+def check_same_trainer(config, workdir: str) -> None:
+  """UserError when the workdir's config.json names another trainer and it has checkpoints
+  (before a trainer writes anything into it)."""
+  try:
+    old = json.loads(paths.read_bytes(paths.join(workdir, CONFIG_FILE)))
+  except (OSError, ValueError):
+    return
+  trainer = old.get("trainer") if isinstance(old, dict) else None
+  if trainer and trainer != config.trainer and checkpoints_lib.is_training_workdir(workdir):
+    raise UserError(f"workdir {workdir} holds checkpoints of the {trainer!r} trainer, not "
+                    f"{config.trainer!r}; use a new --workdir")
+
+
 def check_same_model(config, workdir: str, checkpoints, abstract_params) -> None:
   """UserError when the workdir's checkpoints come from another trainer or model: resuming
   would fail, and rewriting config.json would lose how they were trained."""
   step = checkpoints.latest_step()
   if step is None:
     return
-  try:
-    old = json.loads(paths.read_bytes(paths.join(workdir, CONFIG_FILE)))
-  except (OSError, ValueError):
-    old = {}
-  trainer = old.get("trainer") if isinstance(old, dict) else None
-  if trainer and trainer != config.trainer:
-    raise UserError(f"workdir {workdir} holds checkpoints of the {trainer!r} trainer, not "
-                    f"{config.trainer!r}; use a new --workdir")
+  check_same_trainer(config, workdir)
   stored = checkpoints.param_shapes(step)
   if stored is None:  # unreadable: restoring will set it aside as damaged
     return

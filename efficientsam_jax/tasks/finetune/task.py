@@ -135,6 +135,7 @@ def with_demo_data(config, workdir: str):
 
 def train(config, workdir: str) -> dict:
   """Runs EfficientSAM finetuning in `workdir`; returns the last logged metrics."""
+  loop.check_same_trainer(config, workdir)  # before the demo data goes into the workdir
   config, val_dir = with_demo_data(config, workdir)
   if not config.data.get("index_dir"):
     config = config.copy_and_resolve_references()
