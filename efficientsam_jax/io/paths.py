@@ -119,11 +119,15 @@ def bucket(path) -> str:
 # --- Errors -------------------------------------------------------------------------------
 
 def bucket_exists(path) -> bool:
-  """For a gs:// path: whether its bucket exists (errors reaching it are UserErrors)."""
+  """For a gs:// path: whether its bucket exists (errors reaching it are UserErrors). A
+  caller allowed to use the bucket's objects but not to read the bucket's own metadata
+  (e.g. the roles/storage.objectAdmin role) gets True: only a definite 404 is False."""
   root = REMOTE_PREFIX + bucket(path)
   try:
     return _epath(root).exists()
   except Exception as e:  # pylint: disable=broad-except
+    if cause(e) == "permission denied":
+      return True
     raise UserError(f"{path}: cannot reach bucket {root}: {cause(e)}") from None
 
 
