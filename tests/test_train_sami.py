@@ -56,16 +56,27 @@ def test_sigkill_after_first_checkpoint_then_restart_logs_identical_losses(refer
 def test_bucket_workdir_killed_after_its_first_checkpoint_resumes_to_the_local_losses(
     reference_run, bucket):
   """The whole workdir in Cloud Storage (a local server): config, metrics, TensorBoard and
-  Orbax checkpoints; SIGKILL once the first checkpoint is committed, then the same command."""
+  Orbax checkpoints, and the teacher's weights read from there (the demo's fixed-seed random
+  teacher, stored: the same numbers); SIGKILL once the first checkpoint is committed, then
+  the same command."""
+  from configs import sami_vitt
+  from efficientsam_jax.io import checkpoints
+  from efficientsam_jax.models import sam_encoder
+  demo_teacher = sami_vitt.get_config("demo,smoke").teacher
+  teacher = f"{bucket}/teacher/sam_{demo_teacher.size}"
+  checkpoints.save_params(teacher, {"image_encoder": sam_encoder.init_sam_encoder_params(
+      sam_encoder.SamEncoderConfig.from_name(demo_teacher.size), demo_teacher.seed)},
+                          {"model": f"sam {demo_teacher.size} image encoder"})
   workdir = f"{bucket}/sami"
-  proc = popen(workdir)
+  overrides = (f"--config.teacher.checkpoint={teacher}", "--config.teacher.random_init=False")
+  proc = popen(workdir, *overrides)
   deadline = time.time() + 300
   while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] < 40, "killed too late"
-  restarted = _run(workdir)
+  restarted = _run(workdir, *overrides)
   assert "resuming from step" in restarted.stderr
   expected, got = _losses(reference_run), _losses(workdir)
   assert sorted(got) == sorted(expected)

@@ -294,7 +294,7 @@ def write_raw(path, write: Callable) -> None:
 
 def write(path, data, action: str = "write") -> None:
   """Writes bytes or text (UTF-8) to `path` atomically (see write_with)."""
-  payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+  payload = data.encode("utf-8") if isinstance(data, str) else data  # bytes-like, not copied
   write_with(path, lambda f: f.write(payload), action)
 
 

@@ -11,6 +11,7 @@ storage types, OrderedDict) and refuses everything else, so a checkpoint cannot 
 Tensors come back as numpy arrays with their exact bits; strides and offsets are honoured.
 """
 import collections
+import io
 import pickle
 import zipfile
 from typing import Any
@@ -165,8 +166,11 @@ def save(obj: Any, path: str) -> None:
   except ImportError:
     raise UserError(f"writing {path} needs torch (pip install torch); it is not installed") \
         from None
-  tensors = _to_torch(obj, torch)
-  paths.write_with(path, lambda f: torch.save(tensors, f))
+  # Serialised in memory first: torch's zip writer turns a failed file write (a full disk)
+  # into a RuntimeError about positions; the bytes then go out in one atomic write.
+  buffer = io.BytesIO()
+  torch.save(_to_torch(obj, torch), buffer)
+  paths.write(path, buffer.getbuffer())
 
 
 def _to_torch(obj, torch):
