@@ -145,6 +145,32 @@ def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
   assert params["image_encoder"]
 
 
+def test_bucket_refusing_writes_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
+    bucket, gcs_server_url):
+  """Write permission withdrawn after the first checkpoint (a proxy answers 403 from then
+  on): not a transient error, so no retries; one line, status 2, checkpoint 10 intact."""
+  import gcs_server
+  blocked = {"writes": False}
+  proxy = gcs_server.DenyingProxy(
+      gcs_server_url.url,
+      deny=lambda method, path: blocked["writes"] and method not in ("GET", "HEAD"))
+  workdir = f"{bucket}/revoked"
+  try:
+    proc = popen(workdir, **gcs_server.server_env(proxy.url))
+    deadline = time.time() + 300
+    while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    blocked["writes"] = True
+    _, err = proc.communicate(timeout=300)
+  finally:
+    proxy.close()
+  assert proc.returncode == 2, err[-3000:]
+  errors = [l for l in err.splitlines() if l.startswith("main: error: ")]
+  assert len(errors) == 1 and "permission denied" in errors[0], err[-3000:]
+  assert "the last complete checkpoint is step 10" in errors[0] and "Traceback" not in err
+  assert checkpoint_steps(workdir) == [10]
+
+
 def test_eight_devices_data_by_fsdp_mesh_logs_the_one_device_losses(reference_run, tmp_path):
   _run(str(tmp_path), "--config.mesh.data=4", "--config.mesh.fsdp=2",
        "--config.sharding.fsdp_min_size=1024", devices=8)

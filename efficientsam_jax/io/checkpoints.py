@@ -68,13 +68,23 @@ class TrainCheckpoints:
     except Exception:  # pylint: disable=broad-except
       return None
 
+  def _resume_note(self) -> str:
+    last = self._complete_step() if self.manager is not None else None
+    return (f"the last complete checkpoint is step {last}: the same command resumes from it"
+            if last else "no checkpoint is complete yet")
+
   def _failed(self, error: Exception, step: int | None) -> UserError:
-    last = self._complete_step()
     where = f"checkpoint {step}" if step is not None else "the last checkpoint"
-    kept = (f"the last complete checkpoint is step {last}" if last
-            else "no checkpoint is complete yet")
     return UserError(f"saving {where} in {self.directory} failed: {paths.cause(error)}; "
-                     f"{kept}: run the same command to resume once storage works again")
+                     f"{self._resume_note()}")
+
+  def with_resume_note(self, error: UserError) -> UserError:
+    """A failure during training (e.g. the metrics could not be written), saying which
+    checkpoint a rerun resumes from (unless it says so already)."""
+    if "the last complete checkpoint" in str(error) or "no checkpoint is complete" in str(
+        error):
+      return error
+    return UserError(f"{error}; {self._resume_note()}")
 
   def save(self, step: int, params, opt_state, data_args=None) -> None:
     """Starts saving (returns before the write ends when asynchronous). data_args: Orbax

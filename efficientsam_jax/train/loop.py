@@ -28,7 +28,7 @@ from efficientsam_jax.io import paths
 from efficientsam_jax.train import optim, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = runtime.CONFIG_FILE
 
 
 class Task(abc.ABC):
@@ -120,41 +120,6 @@ def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     paths.write(paths.join(workdir, CONFIG_FILE),
                 config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-
-
-def check_same_trainer(config, workdir: str) -> None:
-  """UserError when the workdir's config.json names another trainer and it has checkpoints
-  (before a trainer writes anything into it)."""
-  try:
-    old = json.loads(paths.read_bytes(paths.join(workdir, CONFIG_FILE)))
-  except (OSError, ValueError):
-    return
-  trainer = old.get("trainer") if isinstance(old, dict) else None
-  if trainer and trainer != config.trainer and checkpoints_lib.is_training_workdir(workdir):
-    raise UserError(f"workdir {workdir} holds checkpoints of the {trainer!r} trainer, not "
-                    f"{config.trainer!r}; use a new --workdir")
-
-
-def check_same_model(config, workdir: str, checkpoints, abstract_params) -> None:
-  """UserError when the workdir's checkpoints come from another trainer or model: resuming
-  would fail, and rewriting config.json would lose how they were trained."""
-  step = checkpoints.latest_step()
-  if step is None:
-    return
-  check_same_trainer(config, workdir)
-  stored = checkpoints.param_shapes(step)
-  if stored is None:  # unreadable: restoring will set it aside as damaged
-    return
-  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  wanted = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
-            for k, v in flat}
-  if stored != wanted:
-    differ = sorted(set(stored) ^ set(wanted)) or sorted(
-        k for k in wanted if stored[k] != wanted[k])
-    name = differ[0]
-    raise UserError(f"workdir {workdir} holds checkpoints of another model (first "
-                    f"difference: {name} {stored.get(name, 'absent')} in the checkpoint, "
-                    f"{wanted.get(name, 'absent')} configured); use a new --workdir")
 
 
 class Setup:
@@ -278,7 +243,7 @@ def train(config, workdir: str, task: Task) -> dict:
   runtime.check_workdir(workdir, 2 * setup.checkpoint_bytes)
   checkpoints = checkpoints_lib.TrainCheckpoints(workdir, config.keep_checkpoints,
                                                  config.async_checkpointing)
-  check_same_model(config, workdir, checkpoints, setup.abstract_params)
+  runtime.check_same_model(config, workdir, checkpoints, setup.abstract_params)
   write_config(config, workdir)
   mesh = setup.mesh
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
@@ -310,6 +275,12 @@ def train(config, workdir: str, task: Task) -> dict:
     if step % config.log_every == 0 or step == config.total_steps:
       last_record = writer.write(step, {**host, **counters})
 
+  def close_all():
+    with contextlib.ExitStack() as stack:  # each closed even when another fails
+      stack.callback(writer.close)
+      stack.callback(checkpoints.close)
+      stack.callback(preemption.close)
+
   try:
     with jax.set_mesh(mesh):
       for step in range(start_step, config.total_steps):
@@ -338,10 +309,11 @@ def train(config, workdir: str, task: Task) -> dict:
         finish(*pending)
     logging.info("parameter digest (process %d): %s", jax.process_index(),
                  runtime.replicated_digest(params))
-  finally:
-    # Each is closed even when another fails; the first failure is the one reported.
-    with contextlib.ExitStack() as stack:
-      stack.callback(writer.close)
-      stack.callback(checkpoints.close)
-      stack.callback(preemption.close)
+  except BaseException as e:
+    # The first failure is the one reported; a storage failure says where to resume from.
+    failure = checkpoints.with_resume_note(e) if isinstance(e, UserError) else e
+    with contextlib.suppress(Exception):
+      close_all()
+    raise failure from None
+  close_all()
   return last_record

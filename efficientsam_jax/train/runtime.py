@@ -9,6 +9,7 @@ Exit statuses of `python -m efficientsam_jax.main` (launch scripts rely on them)
       same command again to resume (75 is EX_TEMPFAIL: "try again").
 """
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,10 @@ import numpy as np
 from absl import logging
 
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import checkpoints as checkpoints_lib
 from efficientsam_jax.io import paths
 
+CONFIG_FILE = "config.json"
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75
 
@@ -130,6 +133,41 @@ def check_config_paths(config, output: str, output_label: str = "the workdir") -
     if paths.same_file(path, output):
       raise UserError(f"{name}={path} is also {output_label}; give {output_label} its own "
                       "folder")
+
+
+def check_same_trainer(config, workdir: str) -> None:
+  """UserError when the workdir's config.json names another trainer and it has checkpoints
+  (before a trainer writes anything into it)."""
+  try:
+    old = json.loads(paths.read_bytes(paths.join(workdir, CONFIG_FILE)))
+  except (OSError, ValueError):
+    return
+  trainer = old.get("trainer") if isinstance(old, dict) else None
+  if trainer and trainer != config.trainer and checkpoints_lib.is_training_workdir(workdir):
+    raise UserError(f"workdir {workdir} holds checkpoints of the {trainer!r} trainer, not "
+                    f"{config.trainer!r}; use a new --workdir")
+
+
+def check_same_model(config, workdir: str, checkpoints, abstract_params) -> None:
+  """UserError when the workdir's checkpoints come from another trainer or model: resuming
+  would fail, and rewriting config.json would lose how they were trained."""
+  step = checkpoints.latest_step()
+  if step is None:
+    return
+  check_same_trainer(config, workdir)
+  stored = checkpoints.param_shapes(step)
+  if stored is None:  # unreadable: restoring will set it aside as damaged
+    return
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  wanted = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
+            for k, v in flat}
+  if stored != wanted:
+    differ = sorted(set(stored) ^ set(wanted)) or sorted(
+        k for k in wanted if stored[k] != wanted[k])
+    name = differ[0]
+    raise UserError(f"workdir {workdir} holds checkpoints of another model (first "
+                    f"difference: {name} {stored.get(name, 'absent')} in the checkpoint, "
+                    f"{wanted.get(name, 'absent')} configured); use a new --workdir")
 
 
 def tree_bytes(tree) -> int:

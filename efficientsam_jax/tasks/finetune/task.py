@@ -21,7 +21,7 @@ from efficientsam_jax.models import efficient_sam, precision
 from efficientsam_jax.tasks.finetune import loss as seg_losses
 from efficientsam_jax.tasks.finetune import prompts
 from efficientsam_jax.tasks.finetune.model import SIZES, model_config
-from efficientsam_jax.train import loop
+from efficientsam_jax.train import loop, runtime
 
 DEMO_SUBDIR = "demo_data"
 INDEX_SUBDIR = "sa1b_index"  # stored .tar member tables (data/tar_index.py)
@@ -135,7 +135,7 @@ def with_demo_data(config, workdir: str):
 
 def train(config, workdir: str) -> dict:
   """Runs EfficientSAM finetuning in `workdir`; returns the last logged metrics."""
-  loop.check_same_trainer(config, workdir)  # before the demo data goes into the workdir
+  runtime.check_same_trainer(config, workdir)  # before the demo data goes into the workdir
   config, val_dir = with_demo_data(config, workdir)
   if not config.data.get("index_dir"):
     config = config.copy_and_resolve_references()
