@@ -197,3 +197,26 @@ def test_tar_member_tables_are_built_once_and_read_back(where, tmp_path, monkeyp
     assert again[i] == first[i] and again[i]["image"][:2] == b"\xff\xd8"
   with tarfile.open(local_shard) as tar:
     assert first[4]["annotations"] == tar.extractfile("sa_4.json").read()
+
+
+def test_a_teacher_cache_write_failing_half_way_keeps_complete_shards_only(tmp_path):
+  """The disk fills while shard 1 is being written (the stand-in teacher raises ENOSPC on
+  its 4th call): shard 0 stays complete under its name, nothing partial is left."""
+  import errno
+  from configs import mobilesam_distill
+  from efficientsam_jax import data
+  config = mobilesam_distill.get_config("demo,smoke")
+  calls = []
+
+  def teacher(images):
+    calls.append(1)
+    if len(calls) == 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return np.zeros(images.shape[:1] + (2, 2, 256), np.float32)
+
+  directory = str(tmp_path / "cache")
+  with pytest.raises(UserError, match="no space left on device"):
+    data.write_teacher_cache(directory, config, teacher, (2, 2, 256), batch_size=3,
+                             records_per_shard=5, process_index=0, process_count=1)
+  assert sorted(os.listdir(directory)) == ["cache.json",
+                                           "targets-00000-of-00007.p0.array_record"]
