@@ -50,7 +50,8 @@ class _BucketTensorBoard:
     self._class, self._remote = summary_writer_class, remote_dir
     self._stage = paths.local_folder("esam-tensorboard-")
     self._local = self._stage.__enter__()
-    self._writer = summary_writer_class(self._local)
+    self._rolls = 0  # event files begun: a suffix keeps names apart within one second
+    self._writer = summary_writer_class(self._local, filename_suffix=".0")
     self._sent: dict[str, int] = {}  # local event file -> bytes uploaded
 
   def add_scalar(self, *args):
@@ -72,7 +73,8 @@ class _BucketTensorBoard:
       if size > ROLL_BYTES:  # begin a new event file; this one is complete upstream
         self._writer.close()
         os.remove(local)
-        self._writer = self._class(self._local)
+        self._rolls += 1
+        self._writer = self._class(self._local, filename_suffix=f".{self._rolls}")
 
   def close(self) -> None:
     try:
