@@ -15,9 +15,16 @@ import pytest
 from sami_runs import REPO, checkpoint_steps, env, losses as _losses, popen, run as _run
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def cache(tmp_path_factory):
+  """A persistent compilation cache for the runs of the one smoke step (the same executable,
+  so the same numbers): each run after the first skips compiling it."""
+  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cache):
   workdir = str(tmp_path_factory.mktemp("reference"))
-  _run(workdir)
+  _run(workdir, **cache)
   return workdir
 
 
@@ -54,7 +61,7 @@ def test_sigkill_after_first_checkpoint_then_restart_logs_identical_losses(refer
 
 
 def test_bucket_workdir_killed_after_its_first_checkpoint_resumes_to_the_local_losses(
-    reference_run, bucket):
+    reference_run, bucket, cache):
   """The whole workdir in Cloud Storage (a local server): config, metrics, TensorBoard and
   Orbax checkpoints, and the teacher's weights read from there (the demo's fixed-seed random
   teacher, stored: the same numbers); SIGKILL once the first checkpoint is committed, then
@@ -69,14 +76,14 @@ def test_bucket_workdir_killed_after_its_first_checkpoint_resumes_to_the_local_l
                           {"model": f"sam {demo_teacher.size} image encoder"})
   workdir = f"{bucket}/sami"
   overrides = (f"--config.teacher.checkpoint={teacher}", "--config.teacher.random_init=False")
-  proc = popen(workdir, *overrides)
+  proc = popen(workdir, *overrides, **cache)
   deadline = time.time() + 300
   while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] < 40, "killed too late"
-  restarted = _run(workdir, *overrides)
+  restarted = _run(workdir, *overrides, **cache)
   assert "resuming from step" in restarted.stderr
   expected, got = _losses(reference_run), _losses(workdir)
   assert sorted(got) == sorted(expected)
@@ -104,7 +111,7 @@ def test_another_model_or_trainer_on_a_workdir_with_checkpoints_is_refused(refer
 
 
 def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(reference_run,
-                                                                           tmp_path):
+                                                                           tmp_path, cache):
   workdir = str(tmp_path / "w")
   shutil.copytree(reference_run, workdir)
   data_files = [os.path.join(d, n) for d, _, names in
@@ -112,7 +119,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(refe
   biggest = max(data_files, key=os.path.getsize)
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  proc = _run(workdir)
+  proc = _run(workdir, **cache)
   damaged = [l for l in proc.stderr.splitlines() if "checkpoint 40 is damaged" in l]
   assert len(damaged) == 1 and "checkpoints_damaged" in damaged[0], proc.stderr[-3000:]
   assert "resuming from step 30" in proc.stderr
@@ -124,12 +131,13 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(refe
     assert got[step] == pytest.approx(loss, rel=1e-6), step
 
 
-def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(tmp_path):
+def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(tmp_path,
+                                                                              cache):
   """After the first checkpoint, the run may write no file beyond 64 KiB (RLIMIT_FSIZE set
   on the live process: EFBIG, as a full disk gives ENOSPC): metrics still fit, the next
   checkpoint's data files do not."""
   workdir = str(tmp_path / "w")
-  proc = popen(workdir)
+  proc = popen(workdir, **cache)
   deadline = time.time() + 300
   while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.01)
@@ -146,7 +154,7 @@ def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
 
 
 def test_bucket_refusing_writes_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
-    bucket, gcs_server_url):
+    bucket, gcs_server_url, cache):
   """Write permission withdrawn after the first checkpoint (a proxy answers 403 from then
   on): not a transient error, so no retries; one line, status 2, checkpoint 10 intact."""
   import gcs_server
@@ -156,7 +164,7 @@ def test_bucket_refusing_writes_mid_run_ends_with_one_line_and_the_last_checkpoi
       deny=lambda method, path: blocked["writes"] and method not in ("GET", "HEAD"))
   workdir = f"{bucket}/revoked"
   try:
-    proc = popen(workdir, **gcs_server.server_env(proxy.url))
+    proc = popen(workdir, **gcs_server.server_env(proxy.url), **cache)
     deadline = time.time() + 300
     while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
       time.sleep(0.05)
