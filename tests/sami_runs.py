@@ -33,9 +33,10 @@ def popen(workdir, *overrides, devices=1, config=SMOKE, **extra_env) -> subproce
 
 
 def losses(workdir) -> dict[int, float]:
-  """step -> loss from metrics.jsonl, checking it reads as one run."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
+  """step -> loss from metrics.jsonl (local or gs://), checking it reads as one run."""
+  from efficientsam_jax.io import paths
+  text = paths.read_text(paths.join(str(workdir), "metrics.jsonl"))
+  records = [json.loads(line) for line in text.splitlines()]
   steps = [r["step"] for r in records]
   assert steps == sorted(set(steps)), "metrics.jsonl must read as one run"
   for r in records:
@@ -44,7 +45,28 @@ def losses(workdir) -> dict[int, float]:
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  """Steps of the complete checkpoints (local: renamed into place; gs://: committed)."""
+  from efficientsam_jax.io import paths
+  directory = paths.join(str(workdir), "checkpoints")
+  if not paths.is_remote(directory):
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+        directory) else []
+  return sorted(int(d) for d in (paths.list_dir(directory) if paths.is_dir(directory) else [])
+                if d.isdigit() and paths.exists(paths.join(directory, d, "commit_success.txt")))
+
+
+def random_model(name: str = "efficientsam_vitt", seed: int = 0):
+  """A model (io.model_files.LoadedModel) with small random weights, made from the
+  parameter shapes alone: nothing is compiled, so it takes a second even on a busy machine."""
+  import jax
+  import numpy as np
+  from efficientsam_jax.io import model_files
+  from efficientsam_jax.models import registry
+  family, config = registry.family_of(name), registry.config(name)
+  model = family.build(config)
+  shapes = jax.eval_shape(lambda rng: model.init(rng, *family.init_args(config),
+                                                 method=model.init_all)["params"],
+                          jax.random.key(0))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: (rng.normal(0, 0.02, s.shape)).astype(s.dtype), shapes)
+  return model_files.LoadedModel(config, params)

@@ -186,6 +186,20 @@ def test_cache_over_two_devices_matches_to_bf16_noise(cache_dir, tmp_path):
   assert relative < 2e-2
 
 
+def test_cache_in_a_bucket_holds_the_local_caches_targets(cache_dir, bucket):
+  """array_record writes local files only: the shards are written locally and uploaded
+  whole; the trainer's reader reads them from the bucket directly."""
+  from efficientsam_jax.io import paths
+  output = f"{bucket}/targets"
+  assert "wrote 32 targets" in _cache(output).stdout
+  names = sorted(paths.list_dir(output))
+  assert names == sorted(["cache.json", *_shards(cache_dir)])
+  local, remote = teacher_cache.TeacherCache(cache_dir), teacher_cache.TeacherCache(output)
+  source = sources.DemoImageSource(32)
+  for i in range(32):
+    assert remote.target(i, source[i]).tobytes() == local.target(i, source[i]).tobytes()
+
+
 def test_cache_resumes_skipping_complete_shards(cache_dir, tmp_path):
   directory = str(tmp_path / "resume")
   shutil.copytree(cache_dir, directory)

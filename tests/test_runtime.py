@@ -37,11 +37,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one_process_on_eight_devices(tmp_path):
+def test_two_processes_train_like_one_process_on_eight_devices(tmp_path, bucket):
   single = str(tmp_path / "single")
   run(single, devices=8)
   port = _free_port()
-  workdir = str(tmp_path / "multi")
+  workdir = f"{bucket}/multi"  # as on a pod: one workdir in Cloud Storage (a local server)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "efficientsam_jax.main", "--config=configs/sami_vitt.py:demo,smoke",
        f"--workdir={workdir}", f"--process_id={i}", "--num_processes=2"],

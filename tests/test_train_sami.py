@@ -3,6 +3,8 @@ loss falling, one-line errors. Each run is a subprocess so it can be killed and 
 own fake device count."""
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,12 +12,19 @@ import time
 
 import pytest
 
-from sami_runs import REPO, env, losses as _losses, popen, run as _run
+from sami_runs import REPO, checkpoint_steps, env, losses as _losses, popen, run as _run
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
+def cache(tmp_path_factory):
+  """A persistent compilation cache for the runs of the one smoke step (the same executable,
+  so the same numbers): each run after the first skips compiling it."""
+  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cache):
   workdir = str(tmp_path_factory.mktemp("reference"))
-  _run(workdir)
+  _run(workdir, **cache)
   return workdir
 
 
@@ -49,6 +58,125 @@ def test_sigkill_after_first_checkpoint_then_restart_logs_identical_losses(refer
   assert sorted(got) == sorted(expected)
   for step, loss in expected.items():
     assert got[step] == pytest.approx(loss, rel=1e-6), step
+
+
+def test_bucket_workdir_killed_after_its_first_checkpoint_resumes_to_the_local_losses(
+    reference_run, bucket, cache):
+  """The whole workdir in Cloud Storage (a local server): config, metrics, TensorBoard and
+  Orbax checkpoints, and the teacher's weights read from there (the demo's fixed-seed random
+  teacher, stored: the same numbers); SIGKILL once the first checkpoint is committed, then
+  the same command."""
+  from configs import sami_vitt
+  from efficientsam_jax.io import checkpoints
+  from efficientsam_jax.models import sam_encoder
+  demo_teacher = sami_vitt.get_config("demo,smoke").teacher
+  teacher = f"{bucket}/teacher/sam_{demo_teacher.size}"
+  checkpoints.save_params(teacher, {"image_encoder": sam_encoder.init_sam_encoder_params(
+      sam_encoder.SamEncoderConfig.from_name(demo_teacher.size), demo_teacher.seed)},
+                          {"model": f"sam {demo_teacher.size} image encoder"})
+  workdir = f"{bucket}/sami"
+  overrides = (f"--config.teacher.checkpoint={teacher}", "--config.teacher.random_init=False")
+  proc = popen(workdir, *overrides, **cache)
+  deadline = time.time() + 300
+  while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] < 40, "killed too late"
+  restarted = _run(workdir, *overrides, **cache)
+  assert "resuming from step" in restarted.stderr
+  expected, got = _losses(reference_run), _losses(workdir)
+  assert sorted(got) == sorted(expected)
+  for step, loss in expected.items():
+    assert got[step] == pytest.approx(loss, rel=1e-6), step
+  from efficientsam_jax.io import paths
+  names = paths.walk_files(workdir)
+  assert "config.json" in names and checkpoint_steps(workdir)[-1] == 40
+  assert any(n.startswith("tensorboard/events.out.tfevents") for n in names), names
+
+
+def test_another_model_or_trainer_on_a_workdir_with_checkpoints_is_refused(reference_run,
+                                                                          tmp_path):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference_run, workdir)
+  config_json = open(os.path.join(workdir, "config.json"), "rb").read()
+  for config, message in (("configs/sami_vits.py:demo,smoke", "checkpoints of another model"),
+                          ("configs/efficientsam_vitt.py:demo,smoke", "'sami' trainer")):
+    proc = _run(workdir, config=config, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("main: error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert open(os.path.join(workdir, "config.json"), "rb").read() == config_json
+
+
+def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(reference_run,
+                                                                           tmp_path, cache):
+  workdir = str(tmp_path / "w")
+  shutil.copytree(reference_run, workdir)
+  data_files = [os.path.join(d, n) for d, _, names in
+                os.walk(os.path.join(workdir, "checkpoints", "40", "params")) for n in names]
+  biggest = max(data_files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  proc = _run(workdir, **cache)
+  damaged = [l for l in proc.stderr.splitlines() if "checkpoint 40 is damaged" in l]
+  assert len(damaged) == 1 and "checkpoints_damaged" in damaged[0], proc.stderr[-3000:]
+  assert "resuming from step 30" in proc.stderr
+  set_aside = os.path.join(workdir, "checkpoints_damaged", "40")
+  assert os.path.getsize(os.path.join(set_aside, os.path.relpath(
+      biggest, os.path.join(workdir, "checkpoints", "40")))) == os.path.getsize(biggest) // 2
+  expected, got = _losses(reference_run), _losses(workdir)
+  for step, loss in expected.items():  # steps 31-40 trained again from checkpoint 30
+    assert got[step] == pytest.approx(loss, rel=1e-6), step
+
+
+def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(tmp_path,
+                                                                              cache):
+  """After the first checkpoint, the run may write no file beyond 64 KiB (RLIMIT_FSIZE set
+  on the live process: EFBIG, as a full disk gives ENOSPC): metrics still fit, the next
+  checkpoint's data files do not."""
+  workdir = str(tmp_path / "w")
+  proc = popen(workdir, **cache)
+  deadline = time.time() + 300
+  while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2, err[-3000:]
+  errors = [l for l in err.splitlines() if l.startswith("main: error: ")]
+  assert len(errors) == 1 and "file too large" in errors[0], err[-3000:]
+  assert "last complete checkpoint is step 10" in errors[0] and "Traceback" not in err
+  assert checkpoint_steps(workdir) == [10]
+  from efficientsam_jax.io import checkpoints
+  params = checkpoints.latest_workdir_params(workdir)  # intact: it restores
+  assert params["image_encoder"]
+
+
+def test_bucket_refusing_writes_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
+    bucket, gcs_server_url, cache):
+  """Write permission withdrawn after the first checkpoint (a proxy answers 403 from then
+  on): not a transient error, so no retries; one line, status 2, checkpoint 10 intact."""
+  import gcs_server
+  blocked = {"writes": False}
+  proxy = gcs_server.DenyingProxy(
+      gcs_server_url.url,
+      deny=lambda method, path: blocked["writes"] and method not in ("GET", "HEAD"))
+  workdir = f"{bucket}/revoked"
+  try:
+    proc = popen(workdir, **gcs_server.server_env(proxy.url), **cache)
+    deadline = time.time() + 300
+    while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    blocked["writes"] = True
+    _, err = proc.communicate(timeout=300)
+  finally:
+    proxy.close()
+  assert proc.returncode == 2, err[-3000:]
+  errors = [l for l in err.splitlines() if l.startswith("main: error: ")]
+  assert len(errors) == 1 and "permission denied" in errors[0], err[-3000:]
+  assert "the last complete checkpoint is step 10" in errors[0] and "Traceback" not in err
+  assert checkpoint_steps(workdir) == [10]
 
 
 def test_eight_devices_data_by_fsdp_mesh_logs_the_one_device_losses(reference_run, tmp_path):

@@ -6,13 +6,13 @@ RLE made by pycocotools, with bbox/area/point_coords like SA-1B. Everything is a
 of (seed, index), so the files are identical wherever they are written.
 """
 import json
-import os
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from efficientsam_jax.data import demo_images
 from efficientsam_jax.data import segmentation
+from efficientsam_jax.io import paths
 
 # Shapes are few and large: at the demo's 96 px a ViT sees 6 x 6 tokens, and a mask should
 # cover several of them, as an SA-1B mask covers hundreds of a 64 x 64 grid at 1024 px.
@@ -102,24 +102,15 @@ def annotation_record(image_id: int, file_name: str, masks: list[np.ndarray],
                     "file_name": file_name}, "annotations": anns}
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  """Writes `path` through a temporary name and a rename, so that a reader (another process
-  of the same job writing the same bytes) never sees a truncated file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def write_split(directory: str, seed: int, first: int, count: int, size: int) -> None:
   """Writes samples first .. first+count-1 as sa_N.jpg + sa_N.json into `directory`."""
-  os.makedirs(directory, exist_ok=True)
+  paths.makedirs(directory)
   for index in range(first, first + count):
     image, masks = demo_sample(seed, index, size)
     name = f"sa_{index}"
     record = annotation_record(index, name + ".jpg", masks, np.random.default_rng(index))
-    _write_atomically(os.path.join(directory, name + ".jpg"), segmentation.encode_jpeg(image))
-    _write_atomically(os.path.join(directory, name + ".json"), json.dumps(record).encode())
+    paths.write(paths.join(directory, name + ".jpg"), segmentation.encode_jpeg(image))
+    paths.write(paths.join(directory, name + ".json"), json.dumps(record))
 
 
 def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
@@ -129,17 +120,15 @@ def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
   means a run killed mid-write rewrites the set instead of training on half of it. Every
   file is replaced atomically: the processes of one job all write the same bytes here, and
   one may read a file while another rewrites it."""
-  train, val = os.path.join(root, "train"), os.path.join(root, "val")
-  coco_json = os.path.join(val, "instances.json")
-  marker = os.path.join(root, "done")
+  train, val = paths.join(root, "train"), paths.join(root, "val")
+  coco_json = paths.join(val, "instances.json")
+  marker = paths.join(root, "done")
   expected = f"{seed} {num_train} {num_val} {size}"
-  if os.path.exists(marker):
-    with open(marker) as f:
-      if f.read().strip() == expected:
-        return train, val, coco_json
+  if paths.exists(marker) and paths.read_text(marker).strip() == expected:
+    return train, val, coco_json
   write_split(train, seed, 0, num_train, size)
   # Held-out images: indices after the training ones, never trained on.
   write_split(val, seed, num_train, num_val, size)
-  _write_atomically(coco_json, json.dumps(segmentation.sa1b_to_coco(val)).encode())
-  _write_atomically(marker, (expected + "\n").encode())
+  paths.write(coco_json, json.dumps(segmentation.sa1b_to_coco(val)))
+  paths.write(marker, expected + "\n")
   return train, val, coco_json

@@ -218,7 +218,10 @@ def make_segmentation_source(data_config):
   if kind in ("sa1b", "demo"):  # demo: the trainer has written SA-1B files into data.path
     if not data_config.path:
       raise UserError("data.source='sa1b' needs data.path (SA-1B folder or .tar shards)")
-    return segmentation.SA1BSource(data_config.path)
+    # .tar member tables: stored in data.index_dir (the trainer sets WORKDIR/sa1b_index), so
+    # a resume reads them instead of every shard's headers; process 0 stores them.
+    return segmentation.SA1BSource(data_config.path, data_config.get("index_dir") or None,
+                                   write_index=jax.process_index() == 0)
   if kind == "coco":
     if not data_config.path or not data_config.annotations:
       raise UserError("data.source='coco' needs data.path (images folder) and "

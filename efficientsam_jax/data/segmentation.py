@@ -13,79 +13,84 @@ separated by commas; tar shards found inside a directory are read too.
 import io
 import json
 import os
-import tarfile
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from efficientsam_jax.data import transforms
+from efficientsam_jax.data import tar_index, transforms
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 
 # --- Sources -------------------------------------------------------------------------------
-
-def _index_tar(tar_path: str) -> list[tuple]:
-  """(tar path, (jpg offset, size), (json offset, size)) for every complete sa_N pair."""
-  members = {}
-  try:
-    with tarfile.open(tar_path, "r:") as tar:  # uncompressed: members are byte ranges
-      for info in tar:
-        if info.isfile():
-          members[os.path.basename(info.name)] = (info.offset_data, info.size)
-  except (tarfile.TarError, OSError) as e:
-    raise UserError(f"{tar_path}: not a readable tar shard ({e})") from None
-  out = []
-  for name in sorted(members):
-    stem, ext = os.path.splitext(name)
-    if ext.lower() == ".jpg" and stem + ".json" in members:
-      out.append((tar_path, members[name], members[stem + ".json"]))
-  return out
-
 
 class SA1BSource:
   """Random access to SA-1B pairs: `source[i]` -> {"image": bytes, "annotations": bytes}.
 
   Entries are sorted (directory files by relative path, shards in name order, members by
   name), so every host sees the same order. A .jpg without its .json is skipped at indexing.
+  index_dir: where the .tar shards' member tables are stored and found again (tar_index.py);
+  write_index: whether this process stores the ones it had to build (process 0).
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, index_dir: str | None = None, write_index: bool = True):
     self._path = path
-    self._entries: list[tuple] = []
+    self._pairs: list[tuple[str, str]] = []  # loose files: (jpg, json)
+    self._shards: list[str] = []
+    chunks = []  # int64 (n, 5) rows: shard (-1: loose pair), then 4 offsets/sizes or pair
     for part in filter(None, (p.strip() for p in str(path).split(","))):
-      if os.path.isdir(part):
-        self._entries += self._index_directory(part)
-      elif part.lower().endswith(".tar") and os.path.isfile(part):
-        self._entries += _index_tar(part)
+      if paths.is_dir(part):
+        pairs, shards = self._list_directory(part)
+      elif part.lower().endswith(".tar") and paths.is_file(part):
+        pairs, shards = [], [part]
       else:
+        paths.check_bucket(part, "SA-1B path")
         raise UserError(f"SA-1B path {part!r} is neither a directory nor a .tar shard")
-    if not self._entries:
+      first = len(self._pairs)
+      self._pairs += pairs
+      chunks.append(np.stack([np.full(len(pairs), -1), np.arange(first, first + len(pairs)),
+                              *[np.zeros(len(pairs), np.int64)] * 3], 1).astype(np.int64))
+      for shard, table in zip(shards, tar_index.member_tables(shards, index_dir,
+                                                               write_index)):
+        self._shards.append(shard)
+        chunks.append(np.concatenate(
+            [np.full((len(table), 1), len(self._shards) - 1, np.int64), table], 1))
+    self._rows = np.concatenate(chunks) if chunks else np.zeros((0, 5), np.int64)
+    if not len(self._rows):
       raise UserError(f"SA-1B path {path!r} holds no sa_*.jpg + sa_*.json pairs")
 
   @staticmethod
-  def _index_directory(root: str) -> list[tuple]:
+  def _list_directory(root: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(jpg, json) pairs sorted by relative path, and .tar shards in name order."""
+    names = paths.walk_files(root)
+    present = set(names)
     pairs, shards = [], []
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
-      names = set(filenames)
-      for name in filenames:
-        stem, ext = os.path.splitext(name)
-        full = os.path.join(dirpath, name)
-        if ext.lower() == ".jpg" and stem + ".json" in names:
-          pairs.append((os.path.relpath(full, root), full, os.path.join(dirpath, stem + ".json")))
-        elif ext.lower() == ".tar":
-          shards.append(full)
-    entries = [(None, jpg, js) for _, jpg, js in sorted(pairs)]
-    for shard in sorted(shards):
-      entries += _index_tar(shard)
-    return entries
+    for name in names:
+      stem, ext = os.path.splitext(name)
+      if ext.lower() == ".jpg" and stem + ".json" in present:
+        pairs.append(name)
+      elif ext.lower() == ".tar":
+        shards.append(paths.join(root, name))
+    pairs = [(paths.join(root, n), paths.join(root, os.path.splitext(n)[0] + ".json"))
+             for n in sorted(pairs)]
+    return pairs, sorted(shards)
+
+  @property
+  def loose_pairs(self) -> list[tuple[str, str]]:
+    """The (jpg, json) paths of the pairs stored as files (not in shards)."""
+    return list(self._pairs)
 
   def __len__(self) -> int:
-    return len(self._entries)
+    return len(self._rows)
 
   def __getitem__(self, index: int) -> dict:
-    tar_path, image_ref, json_ref = self._entries[index]
-    return {"image": _read(tar_path, image_ref), "annotations": _read(tar_path, json_ref)}
+    shard, a, b, c, d = (int(v) for v in self._rows[index])
+    if shard < 0:
+      jpg, js = self._pairs[a]
+      return {"image": _read(None, jpg), "annotations": _read(None, js)}
+    tar_path = self._shards[shard]
+    return {"image": _read(tar_path, (a, b)), "annotations": _read(tar_path, (c, d))}
 
   def __repr__(self) -> str:
     return f"SA1BSource({self._path!r}, {len(self)} images)"
@@ -95,10 +100,9 @@ def _read(tar_path, ref) -> bytes:
   """A file's bytes, or a (offset, size) byte range of a tar; b"" when unreadable."""
   try:
     if tar_path is None:
-      with open(ref, "rb") as f:
-        return f.read()
+      return paths.read_bytes(ref)
     offset, size = ref
-    with open(tar_path, "rb") as f:
+    with paths.open_read(tar_path) as f:
       f.seek(offset)
       data = f.read(size)
     return data if len(data) == size else b""
@@ -111,7 +115,8 @@ class CocoSource:
   regrouped per image into SA-1B-style records. Images without annotations are left out."""
 
   def __init__(self, images_dir: str, annotations_json: str):
-    if not os.path.isdir(images_dir):
+    if not paths.is_dir(images_dir):
+      paths.check_bucket(images_dir, "COCO images folder")
       raise UserError(f"COCO images folder {images_dir!r} does not exist")
     coco = load_coco_json(annotations_json)
     by_image = {}
@@ -129,20 +134,14 @@ class CocoSource:
 
   def __getitem__(self, index: int) -> dict:
     image, anns = self._records[index]
-    data = _read(None, os.path.join(self._images_dir, image["file_name"]))
+    data = _read(None, paths.join(self._images_dir, image["file_name"]))
     return {"image": data,
             "annotations": json.dumps({"image": image, "annotations": anns}).encode()}
 
 
 def load_coco_json(path: str) -> dict:
   """A COCO instances file, checked for the fields we read; UserError on anything else."""
-  try:
-    with open(path) as f:
-      coco = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such annotations file") from None
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: not a readable JSON file ({e})") from None
+  coco = paths.read_json(path, "annotations file")
   if not isinstance(coco, dict) or not {"images", "annotations"} <= set(coco):
     raise UserError(f"{path}: not COCO instances (needs 'images' and 'annotations')")
   return coco
@@ -275,12 +274,12 @@ def sa1b_to_coco(directory: str) -> dict:
   """A directory of sa_N.jpg + sa_N.json -> one COCO instances dict (file_name relative to
   the directory), e.g. to evaluate on a held-out SA-1B-format split."""
   source = SA1BSource(directory)
+  if len(source.loose_pairs) != len(source):
+    raise UserError("sa1b_to_coco reads directories, not tar shards")
   images, annotations = [], []
-  for tar_path, image_ref, json_ref in source._entries:  # pylint: disable=protected-access
-    if tar_path is not None:
-      raise UserError("sa1b_to_coco reads directories, not tar shards")
+  for image_ref, json_ref in source.loose_pairs:
     record = json.loads(_read(None, json_ref))
-    info = dict(record["image"], file_name=os.path.relpath(image_ref, directory))
+    info = dict(record["image"], file_name=image_ref[len(directory):].lstrip("/"))
     info.setdefault("id", info.get("image_id"))
     images.append(info)
     for ann in record["annotations"]:

@@ -5,13 +5,13 @@ get a copy), cheap to index, and deterministic in its order. Labels are never re
 pretraining regresses teacher features, not classes.
 """
 import os
-import pathlib
 from typing import Sequence, Union
 
 import numpy as np
 
 from efficientsam_jax.data import demo_images
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -63,24 +63,21 @@ class DemoImageSource:
 
 
 def list_image_files(root: Union[str, os.PathLike]) -> list[str]:
-  """All *.jpg/*.jpeg/*.png under `root` (any depth, any letter case), sorted by relative path.
+  """All *.jpg/*.jpeg/*.png under `root` (any depth, any letter case; local or gs://),
+  sorted by relative path.
 
   Sorting relative paths makes the order (and so the shuffled stream) identical on every host
   and across runs, whatever order the filesystem lists directories in.
   """
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise UserError(f"image folder {str(root)!r} does not exist or is not a directory")
-  files = []
-  for dirpath, _, filenames in os.walk(root, followlinks=True):
-    for name in filenames:
-      if name.lower().endswith(IMAGE_SUFFIXES):
-        files.append(os.path.relpath(os.path.join(dirpath, name), root))
+  root = str(root)
+  if not paths.is_dir(root):
+    paths.check_bucket(root, "image folder")
+    raise UserError(f"image folder {root!r} does not exist or is not a directory")
+  files = sorted(f for f in paths.walk_files(root) if f.lower().endswith(IMAGE_SUFFIXES))
   if not files:
     raise UserError(
-        f"image folder {str(root)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files")
-  files.sort()
-  return [str(root / f) for f in files]
+        f"image folder {root!r} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+  return [paths.join(root, f) for f in files]
 
 
 class ImageFolderSource:
@@ -103,8 +100,7 @@ class ImageFolderSource:
 
   def __getitem__(self, index: int) -> bytes:
     try:
-      with open(self._files[index], "rb") as f:
-        return f.read()
+      return paths.read_bytes(self._files[index])
     except OSError:
       return b""
 
@@ -142,6 +138,9 @@ def _open_tfds(name: str, split: str, data_dir: Union[str, None], image_key: str
   """tfds.data_source(...) with every "not prepared" failure turned into a one-line UserError."""
   # Imported here: tfds is slow to import and only this source needs it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  if data_dir:
+    paths.check_bucket(data_dir, "data.tfds_data_dir")
 
   prepare_hint = (
       f"prepare it in array_record format first, e.g. `tfds build {name.split('/')[0]}"

@@ -7,12 +7,16 @@ A cache directory holds
               (size, output, dtype, weights file name), the data settings that fix each
               image's view (source, image_size, crop, min_scale, flip, view_seed) and, for
               information only, where the images were (data.path, data.tfds_data_dir).
+              Written whole by process 0.
   targets-SSSSS-of-NNNNN.pP.array_record
               shard S: records [S*R, min((S+1)*R, num_records)) in source order (R =
               records_per_shard), written by process P (shard S belongs to process S mod the
               process count). A shard is written as `<name>.partial` and renamed when
-              complete: a shard under its final name is whole. A rerun skips those and
-              rewrites partial ones; nothing else in the directory is ever touched.
+              complete (in a bucket: written in a local folder and uploaded whole, since
+              array_record writes local files only): a shard under its final name is whole.
+              A rerun skips those and rewrites the rest; a failed write removes its partial
+              file; nothing else in the directory is ever touched. The directory may be
+              gs://: array_record reads shards there itself.
 Each record: a 4-byte little-endian header length, a JSON header {"index", "image_crc32",
 "shape", "dtype"}, then the target's raw bytes (C order; bfloat16). The index and the CRC-32
 of the encoded image are checked on every read, so a target is never paired with another
@@ -27,8 +31,8 @@ epoch then reuses.
 The writer and the reader of the format live in this one module (hence its length): the
 record layout, the shard names and the checks must change together.
 """
+import contextlib
 import dataclasses
-import glob
 import json
 import os
 import struct
@@ -44,6 +48,7 @@ from array_record.python import array_record_data_source, array_record_module
 
 from efficientsam_jax.data import transforms
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 FORMAT = "efficientsam_jax.teacher_cache/1"
 METADATA_FILE = "cache.json"
@@ -112,11 +117,16 @@ class Layout:
   def name(self, shard: int, process_index: int) -> str:
     return f"targets-{shard:05d}-of-{self.num_shards:05d}.p{process_index}.array_record"
 
-  def complete_path(self, directory: str, shard: int) -> Optional[str]:
-    """The finished file of `shard` (whichever process wrote it), or None."""
-    found = glob.glob(os.path.join(
-        directory, f"targets-{shard:05d}-of-{self.num_shards:05d}.p*.array_record"))
-    return found[0] if found else None
+  def complete_paths(self, directory: str) -> dict[int, str]:
+    """{shard: its finished file} (whichever process wrote it), from one listing."""
+    prefix, suffix = "targets-", f"-of-{self.num_shards:05d}"
+    found = {}
+    for name in paths.list_dir(directory) if paths.is_dir(directory) else ():
+      head, _, rest = name.partition(".p")
+      if (head.startswith(prefix) and head.endswith(suffix) and rest.endswith(".array_record")
+          and not rest.endswith(PARTIAL_SUFFIX)):
+        found.setdefault(int(head[len(prefix):-len(suffix)]), paths.join(directory, name))
+    return found
 
 
 def metadata_for(config, num_records: int, records_per_shard: int,
@@ -129,7 +139,7 @@ def metadata_for(config, num_records: int, records_per_shard: int,
       "records_per_shard": int(records_per_shard),
       "target": {"shape": [int(d) for d in target_shape], "dtype": TARGET_DTYPE},
       "teacher": {"size": teacher.size, "output": teacher.output, "dtype": teacher.dtype,
-                  "checkpoint": os.path.basename(teacher.checkpoint or "") or None,
+                  "checkpoint": paths.basename(teacher.checkpoint or "") or None,
                   "random_init": bool(teacher.random_init), "seed": int(teacher.seed)},
       "data": {k: config.data.get(k) for k in VIEW_FIELDS},
       "data_location": {k: config.data.get(k) for k in LOCATION_FIELDS},
@@ -138,48 +148,45 @@ def metadata_for(config, num_records: int, records_per_shard: int,
 
 
 def read_metadata(directory: str) -> dict:
-  path = os.path.join(directory, METADATA_FILE)
-  try:
-    with open(path) as f:
-      metadata = json.load(f)
-  except FileNotFoundError:
+  path = paths.join(directory, METADATA_FILE)
+  if not paths.exists(path):
+    paths.check_bucket(directory, "teacher cache")
     raise UserError(f"{directory} is not a teacher cache (no {METADATA_FILE}); write "
-                            "one with `python -m efficientsam_jax.cache_teacher`") from None
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path}: cannot read ({e})") from None
-  if metadata.get("format") != FORMAT:
-    raise UserError(f"{path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+                    "one with `python -m efficientsam_jax.cache_teacher`")
+  metadata = paths.read_json(path, "teacher cache metadata file")
+  if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    raise UserError(f"{path}: format {found!r}, expected {FORMAT!r}")
   return metadata
 
 
 def _prepare_directory(directory: str, metadata: dict, process_index: int) -> None:
   """Creates the cache directory or checks that it holds a cache of the same thing. Refuses
-  a directory with anything else in it: the cache never mixes with (or deletes) other files."""
-  path = os.path.join(directory, METADATA_FILE)
+  a directory with anything else in it: the cache never mixes with (or deletes) other files.
+  Process 0 writes cache.json (whole, atomically); the others only check."""
+  paths.check_bucket(directory, "--output")
   try:
-    os.makedirs(directory, exist_ok=True)
-    names = os.listdir(directory)
+    paths.makedirs(directory)
+    names = paths.list_dir(directory) if paths.is_dir(directory) else []
   except OSError as e:
     raise UserError(f"cannot use {directory} as the cache directory: "
-                            f"{e.strerror or e}") from None
+                    f"{paths.cause(e)}") from None
   if METADATA_FILE in names:
     existing = read_metadata(directory)
     differ = sorted(k for k in set(existing) | set(metadata)
                     if k != "data_location" and existing.get(k) != metadata.get(k))
     if differ:
       raise UserError(f"{directory} holds a teacher cache of something else "
-                              f"(differs in {', '.join(differ)}); choose another --output")
+                      f"(differs in {', '.join(differ)}); choose another --output")
     return
-  foreign = [n for n in names if not (n.startswith("targets-") or n.startswith(METADATA_FILE))]
+  foreign = [n for n in names if not (n.startswith("targets-") or n.startswith(METADATA_FILE)
+                                      or n.startswith("." + METADATA_FILE))]
   if foreign:
     raise UserError(f"{directory} is not empty and holds no teacher cache "
-                            f"({foreign[0]} ...); choose a new or empty directory")
-  # Every process may get here at once: each writes its own temporary file, and the renames
-  # put the same content in place.
-  tmp = f"{path}.p{process_index}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(metadata, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+                    f"({foreign[0]} ...); choose a new or empty directory")
+  if process_index == 0:
+    paths.write(paths.join(directory, METADATA_FILE),
+                json.dumps(metadata, indent=2, sort_keys=True))
 
 
 class _ViewWithKey(grain.transforms.Map):
@@ -237,7 +244,8 @@ def write_cache(directory: str, source, config,
   _prepare_directory(directory, metadata_for(config, layout.num_records, records_per_shard,
                                              target_shape), process_index)
   mine = range(process_index, layout.num_shards, process_count)
-  todo = [s for s in mine if layout.complete_path(directory, s) is None]
+  complete = layout.complete_paths(directory)
+  todo = [s for s in mine if s not in complete]
   skipped = len(mine) - len(todo)
   indices = [i for s in todo for i in layout.records(s)]
   logging.info("teacher cache %s: process %d writes %d of %d shards (%d already complete), "
@@ -255,6 +263,11 @@ def write_cache(directory: str, source, config,
   progress = _Progress(len(indices))
   shard_iter = iter(todo)
   writer = None  # (shard, ArrayRecordWriter, partial path)
+  # array_record writes local files only: a bucket's shards are written in a local folder
+  # and uploaded whole when complete.
+  staging = paths.is_remote(directory)
+  stack = contextlib.ExitStack()
+  partial_dir = stack.enter_context(paths.local_folder("esam-cache-")) if staging else directory
 
   def write_batch(batch: list) -> None:
     nonlocal writer
@@ -264,25 +277,41 @@ def write_cache(directory: str, source, config,
     for example, target in zip(batch, targets):
       if writer is None:
         shard = next(shard_iter)
-        partial = os.path.join(directory, layout.name(shard, process_index) + PARTIAL_SUFFIX)
+        partial = os.path.join(partial_dir, layout.name(shard, process_index) + PARTIAL_SUFFIX)
         writer = (shard, array_record_module.ArrayRecordWriter(partial, WRITER_OPTIONS),
                   partial)
       shard, records, partial = writer
       records.write(encode_record(example["index"], example["image_crc32"], target))
       if int(example["index"]) == layout.records(shard)[-1]:
         records.close()
-        os.replace(partial, partial[:-len(PARTIAL_SUFFIX)])
+        final = paths.join(directory, layout.name(shard, process_index))
+        if staging:
+          paths.upload(partial, final)
+          os.remove(partial)
+        else:
+          os.replace(partial, final)
         writer = None
     progress.add(len(batch))
 
   batch = []
-  for example in examples:
-    batch.append(example)
-    if len(batch) == batch_size:
-      write_batch(batch)
-      batch = []
-  if batch:
-    write_batch(batch)
+  with stack:
+    try:
+      for example in examples:
+        batch.append(example)
+        if len(batch) == batch_size:
+          write_batch(batch)
+          batch = []
+      if batch:
+        write_batch(batch)
+    except (OSError, RuntimeError, UserError) as e:  # a full disk, a lost bucket
+      # No partial shard stays behind (a rerun would rewrite it anyway).
+      if writer is not None:
+        with contextlib.suppress(OSError):
+          os.remove(writer[2])
+      if isinstance(e, UserError):
+        raise
+      raise UserError(f"writing the teacher cache in {directory} failed: {paths.cause(e)} "
+                      "(complete shards are kept; run the same command to finish)") from None
   progress.add(0, force=True)
   return {"records": len(indices), "skipped_shards": skipped,
           "seconds": time.perf_counter() - start}
@@ -296,14 +325,16 @@ class TeacherCache:
     self.directory = directory
     self.metadata = read_metadata(directory)
     layout = Layout(self.metadata["num_records"], self.metadata["records_per_shard"])
-    paths = [layout.complete_path(directory, s) for s in range(layout.num_shards)]
-    missing = [s for s, p in enumerate(paths) if p is None]
+    complete = layout.complete_paths(directory)
+    missing = [s for s in range(layout.num_shards) if s not in complete]
     if missing:
       raise UserError(
           f"teacher cache {directory} is incomplete: {len(missing)} of {layout.num_shards} "
           f"shards missing (first: {layout.name(missing[0], 0)}); run cache_teacher again "
           "to finish it")
-    self._records = array_record_data_source.ArrayRecordDataSource(paths)
+    # array_record reads gs:// itself (given str paths).
+    self._records = array_record_data_source.ArrayRecordDataSource(
+        [complete[s] for s in range(layout.num_shards)])
 
   def __len__(self) -> int:
     return self.metadata["num_records"]

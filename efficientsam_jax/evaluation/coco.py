@@ -18,8 +18,6 @@ a finetuning workdir's own input size and depth).
 """
 import contextlib
 import io
-import json
-import os
 import sys
 
 import numpy as np
@@ -28,6 +26,7 @@ from absl import logging
 from efficientsam_jax.data import segmentation
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.inference import Predictor
+from efficientsam_jax.io import paths
 
 PROMPTS = ("box", "point1", "point3")
 UPSCALE_CHUNK = 16  # queries upscaled to full resolution at once: bounds host memory
@@ -78,10 +77,8 @@ def _images_with_annotations(coco: dict, use_detections: bool = False, detection
 
 
 def _read_image(images_dir: str, info: dict):
-  path = os.path.join(images_dir, info["file_name"])
   try:
-    with open(path, "rb") as f:
-      return segmentation.read_image(f.read())
+    return segmentation.read_image(paths.read_bytes(paths.join(images_dir, info["file_name"])))
   except OSError:
     return None
 
@@ -136,11 +133,7 @@ def evaluate_detections(predictor, images_dir: str, annotations_path: str, coco:
   from pycocotools.coco import COCO
   from pycocotools.cocoeval import COCOeval
 
-  try:
-    with open(detections_path) as f:
-      detections = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{detections_path}: not a readable JSON file ({e})") from None
+  detections = paths.read_json(detections_path, "detections file")
   if not isinstance(detections, list) or not all(
       isinstance(d, dict) and {"image_id", "bbox"} <= set(d) for d in detections):
     raise UserError(f"{detections_path}: expected a COCO results list with image_id and bbox")
@@ -164,7 +157,9 @@ def evaluate_detections(predictor, images_dir: str, annotations_path: str, coco:
   if not results:
     raise UserError("no detection could be evaluated")
   with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-    gt = COCO(annotations_path)
+    gt = COCO()  # from the dict already read: pycocotools opens only local paths
+    gt.dataset = coco
+    gt.createIndex()
     evaluator = COCOeval(gt, gt.loadRes(results), "segm")
     evaluator.evaluate()
     evaluator.accumulate()
@@ -178,10 +173,12 @@ def run(checkpoint, images, annotations, prompt="box", detections=None, model=No
   """The CLI's work; raises UserError / ModelFileError / PromptError on bad input."""
   if prompt not in PROMPTS:
     raise UserError(f"--prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
-  if not os.path.isdir(images):
+  if not paths.is_dir(images):
+    paths.check_bucket(images, "--images")
     raise UserError(f"{images}: no such images folder")
   coco = segmentation.load_coco_json(annotations)
-  if detections is not None and not os.path.isfile(detections):
+  if detections is not None and not paths.is_file(detections):
+    paths.check_bucket(detections, "--detections")
     raise UserError(f"{detections}: no such detections file")
   predictor = Predictor.from_checkpoint(checkpoint, model)
   if detections:

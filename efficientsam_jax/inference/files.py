@@ -1,6 +1,7 @@
 """What `python -m efficientsam_jax.predict` does, as functions: inputs read from files, a
-Predictor run, results written as .npz (and an overlay PNG); full-resolution logits streamed
-to the file a chunk at a time (io/npz.py), so any number of queries fits in memory."""
+Predictor run, results written as .npz (and an overlay PNG), each whole or not at all;
+full-resolution logits streamed to the file a chunk at a time (io/npz.py), so any number of
+queries fits in memory."""
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from efficientsam_jax.errors import UserError, one_line
 from efficientsam_jax.inference import automatic, overlay
 from efficientsam_jax.inference.predictor import Predictor
 from efficientsam_jax.inference.queries import Queries
-from efficientsam_jax.io import images, npz
+from efficientsam_jax.io import images, npz, paths
 
 
 def _object_without_repeated_keys(pairs) -> dict:
@@ -25,27 +26,37 @@ def _object_without_repeated_keys(pairs) -> dict:
 
 def read_prompts(path: str) -> Queries:
   """A prompts JSON file -> Queries (mask_input paths relative to the file)."""
+  data = paths.read_input(path, "prompts file")
   try:
-    with open(path) as f:
-      parsed = json.load(f, object_pairs_hook=_object_without_repeated_keys)
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such prompts file") from None
-  except IsADirectoryError:
-    raise UserError(f"{path}: is a directory, not a prompts file") from None
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    parsed = json.loads(data, object_pairs_hook=_object_without_repeated_keys)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not valid JSON ({one_line(e)})") from None
   except RecursionError:
     raise UserError(f"{path}: not a prompts file (nested too deeply)") from None
   except ValueError as e:  # a repeated key
     raise UserError(f"{path}: {e}") from None
-  return Queries.from_json(parsed, os.path.dirname(os.path.abspath(path)))
+  return Queries.from_json(parsed, paths.dirname(paths.absolute(path)))
 
 
-def _write(path: str, write) -> None:
-  try:
-    write(path)
-  except OSError as e:
-    raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+def npz_path(output: str) -> str:
+  """Where the arrays go: np.savez's rule, `.npz` added unless the name has it."""
+  return output if output.endswith(".npz") else output + ".npz"
+
+
+def check_outputs(checkpoint: str, image_path: str, prompts_path: str | None, output: str,
+                  overlay_path: str | None, overwrite: bool) -> None:
+  """The outputs are neither an input nor each other, and (without overwrite) new."""
+  paths.check_outputs({"--output": npz_path(output), "--overlay": overlay_path},
+                      {"--checkpoint": checkpoint, "--image": image_path,
+                       "--prompts": prompts_path}, overwrite)
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+  paths.write_with(npz_path(path), lambda f: np.savez(f, **arrays))
+
+
+def _save_png(path: str, picture) -> None:
+  paths.write_with(path, lambda f: picture.save(f, format="PNG"))
 
 
 # Full-resolution logits are upscaled and written this many bytes at a time.
@@ -68,11 +79,14 @@ def _check_disk(path: str, needed: int) -> None:
 
 def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: str,
                  model: str | None = None, overlay_path: str | None = None,
-                 dtype: str = "float32") -> dict:
+                 dtype: str = "float32", overwrite: bool = False) -> dict:
   """Prompts from a file against an image file; writes OUTPUT.npz (logits, low_res_logits,
-  iou, image_embeddings) and the optional overlay. The full-resolution logits are upscaled
-  and written a chunk at a time (never all in memory; the free disk space is checked first).
-  Returns what was written except the logits, and their shape as "logits_shape"."""
+  iou, image_embeddings) and the optional overlay, each whole or not at all. An output that
+  is an input, or (without overwrite) exists, is refused first. The full-resolution logits
+  are upscaled and written a chunk at a time (never all in memory; the free disk space is
+  checked first). Returns what was written except the logits, and their shape as
+  "logits_shape"."""
+  check_outputs(checkpoint, image_path, prompts_path, output, overlay_path, overwrite)
   image = images.read(image_path)
   queries = read_prompts(prompts_path)  # checked before the (slower) model load
   predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
@@ -100,29 +114,32 @@ def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: st
         canvas.add(logits, out["iou"][start:start + per_chunk])
       yield logits
 
-  def write(path):
-    with npz.NpzWriter(path) as f:
-      f.add_chunks("logits", (q, 3, h, w), np.float32, logits_chunks())
+  def write(f):
+    with npz.NpzWriter(f) as writer:
+      writer.add_chunks("logits", (q, 3, h, w), np.float32, logits_chunks())
       for name in ("low_res_logits", "iou", "image_embeddings"):
-        f.add(name, out[name])
+        writer.add(name, out[name])
 
-  _write(output, write)
+  paths.write_with(npz_path(output), write)
   if overlay_path:
     points, labels = queries.arrays(queries.longest)
-    _write(overlay_path, lambda p: canvas.picture(points, labels).save(p, format="PNG"))
+    _save_png(overlay_path, canvas.picture(points, labels))
   return {**out, "logits_shape": (q, 3, h, w)}
 
 
 def everything_file(checkpoint: str, image_path: str, output: str, model: str | None = None,
                     overlay_path: str | None = None, dtype: str = "float32",
-                    config: automatic.EverythingConfig = automatic.EverythingConfig()) -> dict:
+                    config: automatic.EverythingConfig = automatic.EverythingConfig(),
+                    overwrite: bool = False) -> dict:
   """Segments everything in an image file; writes OUTPUT.npz (masks (K, H, W) bool, iou,
-  stability, boxes, points, crop_boxes) and the optional overlay. Returns the result."""
+  stability, boxes, points, crop_boxes) and the optional overlay (as predict_file). Returns
+  the result."""
+  check_outputs(checkpoint, image_path, None, output, overlay_path, overwrite)
   image = images.read(image_path)
   predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
   result = automatic.generate(predictor, image, config)
-  _write(output, lambda p: np.savez(p, **result))
+  _save_npz(output, result)
   if overlay_path:
-    picture = overlay.everything_overlay(image, result["masks"], result["iou"], result["points"])
-    _write(overlay_path, lambda p: picture.save(p, format="PNG"))
+    _save_png(overlay_path, overlay.everything_overlay(image, result["masks"], result["iou"],
+                                                       result["points"]))
   return result

@@ -11,11 +11,11 @@ numbers (booleans, strings), non-finite coordinates, unknown keys, an inverted b
 (`check_fits`), clicks outside it, boxes that miss it, more points than the model reads.
 """
 import dataclasses
-import os
 
 import numpy as np
 
 from efficientsam_jax.errors import UserError, one_line
+from efficientsam_jax.io import paths
 from efficientsam_jax.models import prompt_encoder as pe
 
 LABELS = (pe.LABEL_PADDING, pe.LABEL_NEGATIVE, pe.LABEL_POSITIVE, pe.LABEL_BOX_TOP_LEFT,
@@ -235,7 +235,8 @@ def _read_mask_input(value, index: int, base_dir: str) -> np.ndarray:
   where = f"query {index}"
   if isinstance(value, str):
     try:
-      value = np.load(os.path.join(base_dir, value), allow_pickle=False)
+      with paths.open_read(paths.join(base_dir, value)) as f:
+        value = np.load(f, allow_pickle=False)
     except (OSError, ValueError, TypeError, EOFError) as e:
       raise UserError(f"{where}: cannot read 'mask_input' ({one_line(e)[:200]})") from None
   with np.errstate(over="ignore"):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from efficientsam_jax.errors import UserError, one_line
+from efficientsam_jax.io import paths
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _WITH_ALPHA = ("RGBA", "RGBa", "LA", "PA")
@@ -72,14 +73,7 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
 
 
 def read(path: str) -> np.ndarray:
-  """An image file -> uint8 (H, W, 3) RGB; UserError naming the path if it cannot be read."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such image") from None
-  except IsADirectoryError:
-    raise UserError(f"{path}: is a directory, not an image") from None
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+  """An image file (local or gs://) -> uint8 (H, W, 3) RGB; UserError naming the path if it
+  cannot be read."""
+  data = paths.read_input(path, "image")
   return decode(data, path)

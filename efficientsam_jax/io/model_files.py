@@ -10,17 +10,17 @@ What a path is, is told by the path alone:
   model by the trainer that wrote them (train/trainers.py: a finetuning workdir is its
   EfficientSAM, input size and depth included; a SAMI or distillation workdir is an
   EfficientSAM or MobileSAM around the trained encoder).
-Every failure is a UserError naming the file or tensor. No writer replaces an existing path.
+Every failure is a UserError naming the file or tensor. No writer replaces an existing path,
+and every output is written whole or not at all. Every path may be gs://.
 """
 import dataclasses
 import json
-import os
 
 import jax
 import numpy as np
 
 from efficientsam_jax.errors import UserError, in_context, one_line
-from efficientsam_jax.io import checkpoints, torch_files
+from efficientsam_jax.io import checkpoints, paths, torch_files
 from efficientsam_jax.models import family as family_lib
 from efficientsam_jax.models import registry, state_dict
 
@@ -86,8 +86,7 @@ def load_torch(path: str, model: str | None = None) -> LoadedModel:
 def _workdir_config(path: str) -> dict:
   """A training workdir's config.json ({} when absent or unreadable)."""
   try:
-    with open(os.path.join(path, "config.json")) as f:
-      config = json.load(f)
+    config = json.loads(paths.read_bytes(paths.join(path, "config.json")))
   except (OSError, ValueError):
     return {}
   return config if isinstance(config, dict) else {}
@@ -130,10 +129,11 @@ def load(path: str, model: str | None = None) -> LoadedModel:
   """Any accepted weights path -> LoadedModel; UserError (one line) on any failure."""
   if model is not None:
     registry.family_of(model)  # an unknown name fails before any file is read
-  if not os.path.exists(path):
+  if not paths.exists(path):
+    paths.check_bucket(path)
     raise UserError(f"{path}: no such file or directory")
   try:
-    if not os.path.isdir(path):
+    if not paths.is_dir(path):
       return load_torch(path, model)
     if checkpoints.is_training_workdir(path):
       return load_workdir(path, model)
@@ -147,7 +147,7 @@ def load(path: str, model: str | None = None) -> LoadedModel:
 
 
 def _refuse_existing(path: str) -> None:
-  if os.path.exists(path):
+  if paths.exists(path):
     raise UserError(f"{path} exists; choose a new output path")
 
 
@@ -184,7 +184,7 @@ def save_jax(directory: str, model: LoadedModel, source: str = "") -> None:
            "encoder_overrides": [list(p) for p in c.encoder_overrides]}
   checkpoints.save_params(directory, model.params,
                           {"model": c.name, "format": PARAMS_FORMAT, "config": shape,
-                           "source": os.path.basename(source)})
+                           "source": paths.basename(source)})
 
 
 TORCH_FORMATS = ("released", "state_dict", "timm")
@@ -200,14 +200,14 @@ def convert(input_path: str, output_path: str, model: str | None = None,
     raise UserError(f"unknown torch format {torch_format!r}; use one of "
                     f"{', '.join(TORCH_FORMATS)}")
   to_torch = is_torch_path(output_path)
-  from_jax = os.path.isdir(input_path)
+  from_jax = paths.is_dir(input_path)
   if from_jax == (not to_torch):
     want = "a .pt/.pth output" if from_jax else "a directory output (not .pt/.pth)"
     kind = "JAX directory" if from_jax else "file"
     raise UserError(f"cannot convert {input_path} -> {output_path}: a {kind} input needs {want}")
   if torch_format == "timm" and not to_torch:
     raise UserError("--format=timm writes a .pt/.pth file")
-  if os.path.abspath(output_path) == os.path.abspath(input_path):
+  if paths.same_file(output_path, input_path):
     raise UserError(f"--output is the input {input_path}; choose a new output path")
   _refuse_existing(output_path)
   loaded = load(input_path, model)

@@ -14,6 +14,7 @@ A tensor larger than its storage (zero strides) is bounded: MAX_EXPANSION_BYTES 
 import collections
 import functools
 import math
+import io
 import pickle
 import zipfile
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 
 def _bfloat16():
@@ -137,7 +139,7 @@ def load(path: str) -> Any:
   corrupted one, or one that pickles objects other than tensors and containers.
   """
   try:
-    with zipfile.ZipFile(path) as archive:
+    with paths.open_read(path) as f, zipfile.ZipFile(f) as archive:
       pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
       if len(pickles) != 1:
         raise UserError(f"{path}: not a PyTorch checkpoint (no <name>/data.pkl in the zip)")
@@ -151,8 +153,9 @@ def load(path: str) -> Any:
     message = str(e)
     raise UserError(message if message.startswith(str(path)) else f"{path}: {message}") \
         from None
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such file") from None
+  except FileNotFoundError as e:
+    error = paths.storage_error(e, path)
+    raise (error if "bucket" in str(error) else UserError(f"{path}: no such file")) from None
   except IsADirectoryError:
     raise UserError(f"{path}: is a directory, not a PyTorch file") from None
   except zipfile.BadZipFile as e:
@@ -169,14 +172,15 @@ def load(path: str) -> Any:
 def _is_legacy(path: str) -> bool:
   """Legacy torch files start with a pickled magic number (protocol 2 header)."""
   try:
-    with open(path, "rb") as f:
+    with paths.open_read(path) as f:
       return f.read(2) == b"\x80\x02"
   except OSError:
     return False
 
 
 def save(obj: Any, path: str) -> None:
-  """Writes nested dicts of arrays with `torch.save` (e.g. {"model": state_dict}).
+  """Writes nested dicts of arrays with `torch.save` (e.g. {"model": state_dict}), whole or
+  not at all (io/paths.py; local or gs://).
 
   Needs torch; arrays become CPU tensors with the same dtype, shape and bits.
   """
@@ -185,7 +189,11 @@ def save(obj: Any, path: str) -> None:
   except ImportError:
     raise UserError(f"writing {path} needs torch (pip install torch); it is not installed") \
         from None
-  torch.save(_to_torch(obj, torch), path)
+  # Serialised in memory first: torch's zip writer turns a failed file write (a full disk)
+  # into a RuntimeError about positions; the bytes then go out in one atomic write.
+  buffer = io.BytesIO()
+  torch.save(_to_torch(obj, torch), buffer)
+  paths.write(path, buffer.getbuffer())
 
 
 def _to_torch(obj, torch):

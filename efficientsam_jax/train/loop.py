@@ -10,8 +10,8 @@ nor checkpointed (SAMI's SAM image encoder); *frozen* parameters are parameters 
 trained model that the optimiser never updates (a model's buffers, `optimizer.frozen`).
 """
 import abc
+import contextlib
 import json
-import os
 import time
 from typing import Callable
 
@@ -24,12 +24,15 @@ from absl import logging
 from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import checkpoints as checkpoints_lib
+from efficientsam_jax.io import paths
 from efficientsam_jax.train import optim, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
 
 # A run whose first this many batches hold no readable example stops (UserError): a folder of
 # unreadable files must not train on blanks, with loss 0, and write checkpoints.
 BLANK_BATCHES = 10
+
+CONFIG_FILE = runtime.CONFIG_FILE
 
 
 class Task(abc.ABC):
@@ -117,9 +120,10 @@ def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool):
 
 
 def write_config(config, workdir: str) -> None:
+  """WORKDIR/config.json, whole (process 0)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    paths.write(paths.join(workdir, CONFIG_FILE),
+                config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 class Setup:
@@ -203,14 +207,15 @@ def compile_report(setup: Setup) -> dict:
 
 
 def initial_state(setup: Setup, checkpoints, train_iter):
-  """(params, opt_state, start_step): the latest checkpoint, else init_from, else fresh."""
-  start_step = checkpoints.latest_step() or 0
-  if start_step:
+  """(params, opt_state, start_step): the latest intact checkpoint, else init_from, else
+  fresh."""
+  restored = checkpoints.restore_latest(
+      sharding.with_shardings(setup.abstract_params, setup.param_shardings),
+      sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings),
+      lambda: data.iterator_restore_args(train_iter))
+  if restored is not None:
+    start_step, params, opt_state = restored
     logging.info("resuming from step %d in %s", start_step, checkpoints.directory)
-    params, opt_state = checkpoints.restore(
-        start_step, sharding.with_shardings(setup.abstract_params, setup.param_shardings),
-        sharding.with_shardings(setup.abstract_opt_state, setup.opt_shardings),
-        data.iterator_restore_args(train_iter))
     return params, opt_state, start_step
   loaded = setup.task.init_from_params(setup.abstract_params)
   if loaded is not None:
@@ -254,7 +259,11 @@ def _blank_data_error(batches: int, config) -> UserError:
 def _train(config, workdir: str, task: Task, preemption) -> dict:
   # --- Shapes, shardings, checks: all before anything is compiled --------------------------
   setup = Setup(config, task)
+  runtime.check_config_paths(config, workdir)
   runtime.check_workdir(workdir, 2 * setup.checkpoint_bytes)
+  checkpoints = checkpoints_lib.TrainCheckpoints(workdir, config.keep_checkpoints,
+                                                 config.async_checkpointing)
+  runtime.check_same_model(config, workdir, checkpoints, setup.abstract_params)
   write_config(config, workdir)
   mesh = setup.mesh
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
@@ -262,8 +271,6 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
   train_iter = task.make_iterator()
 
   # --- State: restore, or init_from, or born sharded ---------------------------------------
-  checkpoints = checkpoints_lib.TrainCheckpoints(workdir, config.keep_checkpoints,
-                                                 config.async_checkpointing)
   params, opt_state, start_step = initial_state(setup, checkpoints, train_iter)
   # The teacher: loaded once, placed by the same rules, never checkpointed.
   teacher = task.load_teacher(setup.abstract_teacher)
@@ -300,6 +307,11 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
     if step % config.log_every == 0 or step == config.total_steps:
       last_record = writer.write(step, {**host, **counters})
 
+  def close_all():
+    with contextlib.ExitStack() as stack:  # each closed even when another fails
+      stack.callback(writer.close)
+      stack.callback(checkpoints.close)
+
   try:
     with jax.set_mesh(mesh):
       for step in range(start_step, config.total_steps):
@@ -319,9 +331,10 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
           pending = None
           if blank_batches > 0:  # nothing readable yet: nothing worth keeping
             raise _blank_data_error(blank_batches, config)
+          writer.sync()  # a bucket's metrics reach the checkpoint before it exists
           checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
           logging.info("checkpoint at step %d: saving to %s", done,
-                       os.path.join(checkpoints.directory, str(done)))
+                       paths.join(checkpoints.directory, str(done)))
         if preempted:
           checkpoints.close()
           raise runtime.Preempted(done, preemption.cause)
@@ -329,7 +342,11 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
         finish(*pending)
     logging.info("parameter digest (process %d): %s", jax.process_index(),
                  runtime.replicated_digest(params))
-  finally:
-    checkpoints.close()
-    writer.close()
+  except BaseException as e:
+    # The first failure is the one reported; a storage failure says where to resume from.
+    failure = checkpoints.with_resume_note(e) if isinstance(e, UserError) else e
+    with contextlib.suppress(Exception):
+      close_all()
+    raise failure from None
+  close_all()
   return last_record

@@ -10,6 +10,7 @@ Exit statuses of `python -m efficientsam_jax.main` (launch scripts rely on them)
       stops at once (killed by SIGINT: 130 in a shell), without saving.
 """
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,10 @@ import numpy as np
 from absl import logging
 
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import checkpoints as checkpoints_lib
+from efficientsam_jax.io import paths
 
+CONFIG_FILE = "config.json"
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75
 
@@ -116,22 +120,74 @@ class PreemptionWatch:
 
 
 def check_workdir(workdir: str, bytes_needed: int) -> None:
-  """One-line errors before compiling: a workdir we cannot write, or one with no room for a
-  checkpoint (checked for local paths; object stores report no free space)."""
-  if "://" in workdir:
+  """One-line errors before compiling, on every process: a workdir we cannot write (a
+  missing bucket, no permission, no credentials), or a local one with no room for a
+  checkpoint (object stores report no free space)."""
+  paths.check_writable_dir(workdir, "workdir")
+  if paths.is_remote(workdir):
     return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
-    with open(probe, "wb") as f:
-      f.write(b"\0" * 4096)
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
   free = shutil.disk_usage(workdir).free
   if free < bytes_needed:
     raise UserError(f"workdir {workdir} has {free / 2**30:.2f} GiB free; a checkpoint needs "
                     f"about {bytes_needed / 2**30:.2f} GiB")
+
+
+def check_config_paths(config, output: str, output_label: str = "the workdir") -> None:
+  """One-line errors before compiling for the paths a config names: each gs:// bucket must
+  exist (a typo would otherwise surface deep inside a library, or as an empty checkpoint
+  folder), and none may be the output folder."""
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f"{prefix}.{key}"
+      if hasattr(value, "items"):
+        yield from walk(value, name)
+      elif isinstance(value, str):
+        for part in filter(None, (p.strip() for p in value.split(","))):
+          if paths.is_remote(part) or key in ("path", "checkpoint", "init_from", "cache_dir",
+                                              "annotations", "tfds_data_dir"):
+            yield name, part
+
+  for name, path in walk(config, "config"):
+    if paths.is_remote(path):
+      paths.check_bucket(path, name)
+    if paths.same_file(path, output):
+      raise UserError(f"{name}={path} is also {output_label}; give {output_label} its own "
+                      "folder")
+
+
+def check_same_trainer(config, workdir: str) -> None:
+  """UserError when the workdir's config.json names another trainer and it has checkpoints
+  (before a trainer writes anything into it)."""
+  try:
+    old = json.loads(paths.read_bytes(paths.join(workdir, CONFIG_FILE)))
+  except (OSError, ValueError):
+    return
+  trainer = old.get("trainer") if isinstance(old, dict) else None
+  if trainer and trainer != config.trainer and checkpoints_lib.is_training_workdir(workdir):
+    raise UserError(f"workdir {workdir} holds checkpoints of the {trainer!r} trainer, not "
+                    f"{config.trainer!r}; use a new --workdir")
+
+
+def check_same_model(config, workdir: str, checkpoints, abstract_params) -> None:
+  """UserError when the workdir's checkpoints come from another trainer or model: resuming
+  would fail, and rewriting config.json would lose how they were trained."""
+  step = checkpoints.latest_step()
+  if step is None:
+    return
+  check_same_trainer(config, workdir)
+  stored = checkpoints.param_shapes(step)
+  if stored is None:  # unreadable: restoring will set it aside as damaged
+    return
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  wanted = {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
+            for k, v in flat}
+  if stored != wanted:
+    differ = sorted(set(stored) ^ set(wanted)) or sorted(
+        k for k in wanted if stored[k] != wanted[k])
+    name = differ[0]
+    raise UserError(f"workdir {workdir} holds checkpoints of another model (first "
+                    f"difference: {name} {stored.get(name, 'absent')} in the checkpoint, "
+                    f"{wanted.get(name, 'absent')} configured); use a new --workdir")
 
 
 def tree_bytes(tree) -> int:

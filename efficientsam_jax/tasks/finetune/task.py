@@ -9,8 +9,6 @@ optimiser, checkpoints, preemption, non-finite guard and metrics are the shared 
 (`loop.py`). Resume order: the workdir's checkpoint, else `config.init_from` (a SAMI workdir:
 encoder only; a released .pt, JAX checkpoint or finetuning workdir: everything), else fresh.
 """
-import os
-
 import jax
 import jax.numpy as jnp
 from absl import logging
@@ -18,14 +16,15 @@ from absl import logging
 from efficientsam_jax import data
 from efficientsam_jax.data import demo_sa1b
 from efficientsam_jax.errors import UserError
-from efficientsam_jax.io import model_files
+from efficientsam_jax.io import model_files, paths
 from efficientsam_jax.models import efficient_sam, precision
 from efficientsam_jax.tasks.finetune import loss as seg_losses
 from efficientsam_jax.tasks.finetune import prompts
 from efficientsam_jax.tasks.finetune.model import SIZES, model_config
-from efficientsam_jax.train import config_checks, loop
+from efficientsam_jax.train import config_checks, loop, runtime
 
 DEMO_SUBDIR = "demo_data"
+INDEX_SUBDIR = "sa1b_index"  # stored .tar member tables (data/tar_index.py)
 
 
 def check_config(config) -> None:
@@ -141,7 +140,7 @@ def with_demo_data(config, workdir: str):
   if d.source != "demo":
     return config, None
   train_dir, val_dir, coco = demo_sa1b.ensure_demo_dataset(
-      os.path.join(workdir, DEMO_SUBDIR), d.demo.num_train, d.demo.num_val, d.demo.image_size,
+      paths.join(workdir, DEMO_SUBDIR), d.demo.num_train, d.demo.num_val, d.demo.image_size,
       d.demo.seed)
   logging.info("demo data: train %s; held-out %s with %s", train_dir, val_dir, coco)
   config = config.copy_and_resolve_references()
@@ -152,10 +151,14 @@ def with_demo_data(config, workdir: str):
 def train(config, workdir: str) -> dict:
   """Runs EfficientSAM finetuning in `workdir`; returns the last logged metrics."""
   check_config(config)
+  runtime.check_same_trainer(config, workdir)  # before the demo data goes into the workdir
   config, val_dir = with_demo_data(config, workdir)
+  if not config.data.get("index_dir"):
+    config = config.copy_and_resolve_references()
+    config.data.index_dir = paths.join(workdir, INDEX_SUBDIR)
   record = loop.train(config, workdir, EfficientSamTask(config))
   if val_dir and jax.process_index() == 0:
     print(f"held-out demo images: python -m efficientsam_jax.evaluate --checkpoint={workdir} "
-          f"--images={val_dir} --annotations={os.path.join(val_dir, 'instances.json')} "
+          f"--images={val_dir} --annotations={paths.join(val_dir, 'instances.json')} "
           "--prompt=box")
   return record

@@ -16,7 +16,7 @@ from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.tasks.sami.task import check_config
 from efficientsam_jax.tasks.sami.teacher import Teacher
-from efficientsam_jax.train import sharding
+from efficientsam_jax.train import runtime, sharding
 
 SHARD_BYTES = 512 << 20  # targets per shard file when not given: about this many bytes
 
@@ -36,6 +36,7 @@ def write_cache(config, output: str, batch_size: int | None = None,
   if "://" not in output and os.path.exists(output) and not os.path.isdir(output):
     # Found before the teacher loads (the cache module checks a folder's contents later).
     raise UserError(f"cannot use {output} as the cache directory: it is a file")
+  runtime.check_config_paths(config, output, "--output")
   teacher = Teacher(config.teacher)
   data.num_examples(config)  # a missing dataset fails here, before the teacher weights load
   mesh = sharding.make_mesh(-1, 1, devices=jax.local_devices())

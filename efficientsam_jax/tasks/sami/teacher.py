@@ -5,15 +5,13 @@ for demos), optionally cast to bf16, placed by the same sharding rules as the st
 ViT-H can be FSDP-split when it does not fit replicated), passed into the train step as an
 argument and never differentiated or checkpointed.
 """
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from efficientsam_jax.errors import UserError, in_context
-from efficientsam_jax.io import checkpoints, model_files
+from efficientsam_jax.io import checkpoints, model_files, paths
 from efficientsam_jax.models import sam_encoder, state_dict
 from efficientsam_jax.train import sharding
 
@@ -46,7 +44,8 @@ class Teacher:
       raise UserError("config.teacher.checkpoint is required: the SAM image encoder weights "
                       f"for size {cfg.size} (e.g. sam_vit_h_4b8939.pth, or a converted JAX "
                       "checkpoint directory)")
-    if cfg.checkpoint and not os.path.exists(cfg.checkpoint):
+    if cfg.checkpoint and not paths.exists(cfg.checkpoint):
+      paths.check_bucket(cfg.checkpoint, "config.teacher.checkpoint")
       raise UserError(f"config.teacher.checkpoint {cfg.checkpoint} does not exist")
     self.size, self.output, self.seed = cfg.size, cfg.output, int(cfg.seed)
     self.checkpoint = cfg.checkpoint or None
@@ -85,7 +84,7 @@ class Teacher:
       return jax.device_get(sam_encoder.init_sam_encoder_params(self.encoder_config,
                                                                 self.seed))
     try:
-      if os.path.isdir(self.checkpoint):
+      if paths.is_dir(self.checkpoint):
         # A converted whole SAM, or an encoder alone; our names or an older naming.
         params, _ = checkpoints.restore_params(self.checkpoint)
         state = state_dict.flax_to_torch(
