@@ -8,6 +8,9 @@ A trainer defines a `Task` (its model, loss, data and, if it has one, its teache
 Two words, two things: the *teacher* is arrays passed into every step that are never trained
 nor checkpointed (SAMI's SAM image encoder); *frozen* parameters are parameters of the
 trained model that the optimiser never updates (a model's buffers, `optimizer.frozen`).
+
+The module is long because it is the one training loop, read top to bottom: setup, state,
+the step loop and what each failure during it leaves behind belong in one place.
 """
 import abc
 import contextlib
