@@ -138,7 +138,7 @@ def train(config, workdir: str) -> dict:
   """Runs EfficientSAM finetuning in `workdir`; returns the last logged metrics."""
   config, val_dir = with_demo_data(config, workdir)
   record = loop.train(config, workdir, EfficientSamTask(config))
-  if val_dir and jax.process_index() == 0:
+  if val_dir and not config.compile_only and jax.process_index() == 0:
     print(f"held-out demo images: python -m efficientsam_jax.evaluate --checkpoint={workdir} "
           f"--images={val_dir} --annotations={os.path.join(val_dir, 'instances.json')} "
           "--prompt=box")
