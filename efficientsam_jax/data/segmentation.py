@@ -216,14 +216,28 @@ def low_res_mask(mask: np.ndarray, size: int) -> np.ndarray:
   row_sizes = np.diff(np.append(row_starts, h))
   col_sizes = np.diff(np.append(col_starts, w))
   view = mask.view(np.uint8) if mask.dtype == bool else mask
-  # Transposed when column-major: the reductions then run over contiguous memory.
-  if view.flags.f_contiguous and not view.flags.c_contiguous:
-    counts = np.add.reduceat(np.add.reduceat(view.T, row_starts, axis=1, dtype=np.int32),
-                             col_starts, axis=0).T
-  else:
-    counts = np.add.reduceat(np.add.reduceat(view, col_starts, axis=1, dtype=np.int32),
-                             row_starts, axis=0)
+  # The first sum adds whole lines of the array as stored (pycocotools' column-major masks
+  # are summed as their transposes), the second runs on the small result.
+  column_major = view.flags.f_contiguous and not view.flags.c_contiguous
+  stored, outer, inner = (view.T, col_starts, row_starts) if column_major else (
+      view, row_starts, col_starts)
+  counts = _bin_sums(_bin_sums(np.ascontiguousarray(stored), outer).T, inner)
+  if not column_major:
+    counts = counts.T
   return (2 * counts > np.outer(row_sizes, col_sizes)).astype(np.uint8)
+
+
+def _bin_sums(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
+  """np.add.reduceat(a, starts, axis=0) of a 2-D array of small non-negative integers.
+  When every sum fits a byte, 8 (or 4, 2) byte lanes are added as one machine word: no lane
+  can carry into the next, and numpy then adds whole words (2-4x faster than byte sums)."""
+  a = np.ascontiguousarray(a)
+  bins = np.diff(np.append(starts, a.shape[0]))
+  if a.dtype != np.uint8 or bins.max() * int(a.max(initial=0)) > 255:
+    return np.add.reduceat(a, starts, axis=0, dtype=np.int32)
+  lanes = next(n for n in (8, 4, 2, 1) if a.shape[1] % n == 0)
+  packed = a.view(f"u{lanes}")
+  return np.add.reduceat(packed, starts, axis=0, dtype=packed.dtype).view(np.uint8)
 
 
 def rle_box(rle) -> np.ndarray:
