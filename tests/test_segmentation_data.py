@@ -167,3 +167,35 @@ def test_pipeline_gives_static_batches_and_resumes_from_its_state(sa1b_dir):
   halves = [next(data.make_segmentation_iterator(config, process_index=p, process_count=2))
             for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([h["boxes"] for h in halves]), batch["boxes"])
+
+
+def test_low_res_mask_is_the_half_coverage_of_whole_pixel_bins():
+  """Against an explicit sum over each low-res pixel's bin (source pixels whose centres fall
+  in it), for bool, C- and column-major (pycocotools') masks, shrinking and enlarging."""
+  rng = np.random.default_rng(0)
+  for h, w, size in ((150, 225, 16), (64, 64, 8), (37, 53, 16), (8, 12, 16)):
+    mask = rng.uniform(size=(h, w)) < rng.uniform(0.2, 0.8)
+    rows = ((np.arange(h) + 0.5) * size / h).astype(int)
+    cols = ((np.arange(w) + 0.5) * size / w).astype(int)
+    expected = np.zeros((size, size), np.uint8)
+    for i in range(size):
+      for j in range(size):
+        cell = mask[rows == i][:, cols == j]
+        if cell.size:
+          expected[i, j] = 2 * cell.sum() > cell.size
+        else:  # enlarging: the nearest source pixel
+          expected[i, j] = mask[min(int((i + 0.5) * h / size), h - 1),
+                                min(int((j + 0.5) * w / size), w - 1)]
+    for variant in (mask, mask.astype(np.uint8), np.asfortranarray(mask.astype(np.uint8))):
+      np.testing.assert_array_equal(segmentation.low_res_mask(variant, size), expected)
+
+
+def test_boxes_from_runs_equal_the_decoded_masks_boxes():
+  rng = np.random.default_rng(1)
+  for _ in range(20):
+    mask = np.zeros((90, 130), np.uint8)
+    y0, x0 = rng.integers(0, 80), rng.integers(0, 120)
+    mask[y0:y0 + rng.integers(1, 10), x0:x0 + rng.integers(1, 10)] = 1
+    mask[rng.integers(0, 90), rng.integers(0, 130)] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    np.testing.assert_array_equal(segmentation.rle_box(rle), segmentation.tight_box(mask > 0))

@@ -5,6 +5,8 @@ r"""Benchmarks; one JSON object per line on stdout (name, value, unit and the se
       [--dtype=float32|bfloat16] [--query-chunk=N]
   python -m efficientsam_jax.bench --suite=train --config=configs/sami_vitt.py:teacher=vit_b \
       --config.batch_size=32 --config.teacher.random_init=True --config.data.source=demo
+  python -m efficientsam_jax.bench --suite=data --config=configs/efficientsam_vitt.py \
+      [--data-images=8] [--report=COMPILE_FOR_REPORT.json]
 
 --dtype is the compute dtype of the inference suite and of the torch comparison (parameters
 stay float32; bfloat16 = bf16 matrix products, models/precision.py); the train suite takes its
@@ -21,7 +23,7 @@ from ml_collections import config_flags
 
 from efficientsam_jax import cli
 
-SUITES = ("inference", "train")
+SUITES = ("inference", "train", "data")
 
 flags.DEFINE_enum("suite", "inference", SUITES, "What to measure.")
 flags.DEFINE_string("model", "efficientsam_vitt", "A model name (inference suite; "
@@ -47,7 +49,11 @@ flags.DEFINE_integer("query_chunk", None, "Queries per decoder step (Predictor q
                      "default inference.predictor.QUERY_CHUNK.")
 flags.DEFINE_integer("data_batches", 5, "Batches drawn to time the input pipeline (train).")
 flags.DEFINE_integer("matmul_size", 2048, "Side of the float32 matmul that measures the peak.")
-config_flags.DEFINE_config_file("config", None, "SAMI config file[:variant] (train suite).",
+flags.DEFINE_integer("data_images", 8, "Generated 1500x2250 SA-1B-like images the data suite "
+                     "times its transform on.")
+flags.DEFINE_string("report", None, "A --config.compile_for JSON report: the data suite says "
+                    "how many host cores feed that slice at 40% MFU.")
+config_flags.DEFINE_config_file("config", None, "Config file[:variant] (train, data suites).",
                                 lock_config=True)
 flags.DEFINE_bool("keep_host_memory", True, "Keep freed host memory for reuse (cli."
                   "keep_freed_host_memory, as every entry point does); --nokeep_host_memory "
@@ -87,6 +93,16 @@ def main(argv):
       torch_compare.run(records.Emitter(suite="compare_torch", host_memory_kept=kept),
                         FLAGS.torch_image_size or FLAGS.image_size, FLAGS.repeats,
                         FLAGS.threads or os.cpu_count(), dtype=FLAGS.dtype)
+  elif FLAGS.suite == "data":
+    from efficientsam_jax.bench import data
+    config = FLAGS.config
+    if config is None:
+      raise UserError("--suite=data needs --config=configs/NAME.py[:VARIANT]")
+    if FLAGS.data_images < 1:
+      raise UserError("--data-images must be at least 1")
+    emitter = records.Emitter(suite="data", config=config.trainer,
+                              image_size=config.data.image_size, host_memory_kept=kept)
+    data.run(emitter, config, FLAGS.repeats, FLAGS.data_images, FLAGS.report)
   else:
     from efficientsam_jax.bench import train
     config = FLAGS.config

@@ -4,6 +4,7 @@ Nothing here knows about grain: randomness arrives as an explicit `np.random.Gen
 function is tested with plain arrays and the pipeline stays a pure function of (seed, position).
 Images are HWC, RGB. Boxes are `(top, left, height, width)` in integer pixels, as torchvision's.
 """
+import io
 import math
 from typing import Union
 
@@ -131,10 +132,79 @@ def horizontal_flip(image: np.ndarray) -> np.ndarray:
 
 def normalize(image: np.ndarray) -> np.ndarray:
   """uint8 (H, W, 3) -> float32 (H, W, 3): pixels to [0, 1], then ImageNet mean/std."""
-  out = image.astype(np.float32)
-  out *= _NORM_SCALE
-  out -= _NORM_OFFSET
-  return out
+  return normalize_in_place(image.astype(np.float32))
+
+
+def normalize_in_place(image: np.ndarray) -> np.ndarray:
+  """`normalize` of a float32 (H, W, 3) array on 0..255, overwriting it."""
+  image *= _NORM_SCALE
+  image -= _NORM_OFFSET
+  return image
+
+
+def _open_encoded(data: bytes):
+  """A lazily decoded PIL image of encoded bytes (header read, pixels not yet), or None."""
+  try:
+    return Image.open(io.BytesIO(data))
+  except Exception:  # pylint: disable=broad-except  (any unreadable header)
+    return None
+
+
+def decode_at_least(pil: Image.Image, box: Box, out_hw: tuple[int, int]):
+  """Decodes `pil` at the smallest JPEG scale (1, 1/2, 1/4, 1/8: libjpeg's DCT scaling,
+  PIL's draft mode) at which `box` still has at least `out_hw` pixels, so a 2250 px photo
+  cropped to 224 is never decoded in full. -> (uint8-RGB PIL image, box in its pixels), or
+  None when the data is unreadable. Other formats decode at full size."""
+  top, left, crop_h, crop_w = box
+  width, height = pil.size
+  need = (math.ceil(width * out_hw[1] / crop_w), math.ceil(height * out_hw[0] / crop_h))
+  try:
+    pil.draft("RGB", need)  # a no-op for formats without scaled decoding
+    image = pil.convert("RGB")  # forces the decode: truncation surfaces here
+  except Exception:  # pylint: disable=broad-except
+    return None
+  sy, sx = image.size[1] / height, image.size[0] / width
+  if (sy, sx) == (1.0, 1.0):
+    return image, box
+  t, l = int(round(top * sy)), int(round(left * sx))
+  h = max(out_hw[0], min(image.size[1] - t, int(round(crop_h * sy))))
+  w = max(out_hw[1], min(image.size[0] - l, int(round(crop_w * sx))))
+  return image, (min(t, image.size[1] - h), min(l, image.size[0] - w), h, w)
+
+
+def _crop_resize_pil(image: Image.Image, box: Box, size: int) -> np.ndarray:
+  """crop_and_resize on a PIL image: the same crop and filter, without numpy copies."""
+  top, left, crop_h, crop_w = box
+  crop = image.crop((left, top, left + crop_w, top + crop_h))
+  if crop.size != (size, size):
+    crop = crop.resize((size, size), Image.Resampling.BICUBIC)
+  return np.asarray(crop, np.uint8)
+
+
+def _view_from_encoded(data: bytes, rng, image_size: int, crop: str, min_scale: float):
+  """preprocess's crop of encoded bytes, decoded at the scale the view needs; None if
+  unreadable. Draws from `rng` exactly what the decoded-array path draws."""
+  pil = _open_encoded(data)
+  if pil is None:
+    return None
+  width, height = pil.size
+  if crop == "random_resized":
+    box = random_resized_crop_box(height, width, rng, scale=(min_scale, 1.0))
+    out_hw = (image_size, image_size)
+  elif crop == "center":
+    box = center_crop_box(height, width)
+    out_hw = (image_size, image_size)
+  else:
+    box, out_hw = (0, 0, height, width), longest_side_hw(height, width, image_size)
+  decoded = decode_at_least(pil, box, out_hw)
+  if decoded is None:
+    return None
+  image, box = decoded
+  if crop != "longest_side":
+    return _crop_resize_pil(image, box, image_size)
+  if image.size != (out_hw[1], out_hw[0]):
+    image = image.resize((out_hw[1], out_hw[0]), Image.Resampling.BILINEAR)
+  return np.asarray(image, np.uint8)
 
 
 def preprocess(
@@ -153,25 +223,37 @@ def preprocess(
   bottom/right: SAM's own preprocessing, what MobileSAM distils on; deterministic). Pair a
   deterministic crop with flip=False for the view a teacher-feature cache reproduces. An
   unreadable record gives an all-zero image and valid=0, so batches keep static shapes and
-  the trainer can weight it out.
+  the trainer can weight it out. Encoded bytes are decoded only at the resolution the view
+  needs (`decode_at_least`): the same crop, drawn from `rng` as for a decoded array, with
+  libjpeg's scaled decode standing in for the first factors of 2 of the downscaling.
   """
-  image = decode_image(record)
+  if crop not in CROP_MODES:
+    raise ValueError(f"unknown crop mode {crop!r}; expected one of {CROP_MODES}")
+  if isinstance(record, (bytes, bytearray)):
+    image = _view_from_encoded(bytes(record), rng, image_size, crop, min_scale)
+  else:
+    image = _view_from_array(decode_image(record), rng, image_size, crop, min_scale)
   if image is None:
     return {"image": np.zeros((image_size, image_size, 3), np.float32),
             "valid": np.int32(0)}
-  height, width = image.shape[:2]
-  if crop == "random_resized":
-    image = crop_and_resize(
-        image, random_resized_crop_box(height, width, rng, scale=(min_scale, 1.0)), image_size)
-  elif crop == "center":
-    image = crop_and_resize(image, center_crop_box(height, width), image_size)
-  elif crop == "longest_side":
-    image = resize_longest_side(image, image_size)
-  else:
-    raise ValueError(f"unknown crop mode {crop!r}; expected one of {CROP_MODES}")
   if flip and rng.uniform() < 0.5:
     image = horizontal_flip(image)
   out = normalize(image)
   if crop == "longest_side":
     out = pad_bottom_right(out, image_size)
   return {"image": out, "valid": np.int32(1)}
+
+
+def _view_from_array(image, rng, image_size: int, crop: str, min_scale: float):
+  """preprocess's crop of a decoded uint8 (H, W, 3) array (or None)."""
+  if image is None:
+    return None
+  height, width = image.shape[:2]
+  if crop == "random_resized":
+    image = crop_and_resize(
+        image, random_resized_crop_box(height, width, rng, scale=(min_scale, 1.0)), image_size)
+  elif crop == "center":
+    image = crop_and_resize(image, center_crop_box(height, width), image_size)
+  else:
+    image = resize_longest_side(image, image_size)
+  return image

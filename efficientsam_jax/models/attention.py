@@ -38,13 +38,23 @@ def auto_query_chunk(tq: int, heads: int, tk: int, budget: int | None = None):
   return chunk if tq % chunk == 0 and chunk < tq else None
 
 
+def target_platform() -> str:
+  """The platform the code being traced is compiled for: that of the mesh's devices under
+  `jax.set_mesh` (the train step, also when it is compiled for a TPU topology from a CPU
+  host), else the default backend (inference outside a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def auto_batch_chunk(b: int, tq: int, heads: int, tk: int, budget: int | None = None):
   """Batch entries per step when a whole sequence fits the budget but the batch does not:
-  the largest divisor of b that fits; None = all at once. CPU only (a cache effect; on
-  accelerators a loop over the batch would only serialise the work)."""
+  the largest divisor of b that fits; None = all at once. CPU targets only (a cache effect;
+  on accelerators a loop over the batch only serialises the work and, measured on TPU, keeps
+  every group's buffers alive: docs/tpu.md). Decided by the compile target, not the host."""
   budget = budget or LOGITS_CHUNK_BYTES
   per_item = tq * heads * tk * 4
-  if jax.default_backend() != "cpu" or b * per_item <= budget or per_item > budget:
+  if target_platform() != "cpu" or b * per_item <= budget or per_item > budget:
     return None
   group = max(d for d in range(1, b + 1) if b % d == 0 and d * per_item <= budget)
   return group if group < b else None

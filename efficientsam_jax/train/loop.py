@@ -28,7 +28,7 @@ from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import checkpoints as checkpoints_lib
 from efficientsam_jax.io import paths
-from efficientsam_jax.train import optim, runtime, sharding
+from efficientsam_jax.train import optim, precheck, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
 
 # A run whose first this many batches hold no readable example stops (UserError): a folder of
@@ -133,13 +133,15 @@ class Setup:
   """Everything the loop needs, built abstractly first so nothing is materialised before the
   shapes, shardings and the compiled step are known."""
 
-  def __init__(self, config, task: Task):
+  def __init__(self, config, task: Task, devices=None):
+    """devices: those of the mesh (default all); a topology's compile-only devices when
+    compiling for other hardware (precheck.py)."""
     if config.nonfinite_policy not in ("stop", "skip"):
       raise UserError(f"config.nonfinite_policy must be 'stop' or 'skip', got "
                       f"{config.nonfinite_policy!r}")
     self.config, self.task = config, task
     try:
-      self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+      self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     except ValueError as e:
       raise UserError(str(e)) from e
     if config.batch_size % self.mesh.size:
@@ -190,25 +192,6 @@ class Setup:
           jax.ShapeDtypeStruct((), jnp.int32)).compile()
 
 
-def compile_report(setup: Setup) -> dict:
-  """Per-device memory and FLOPs of the compiled train step (config.compile_only)."""
-  compiled = setup.compile()
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  report = {"devices": setup.mesh.size, "mesh": dict(setup.mesh.shape),
-            "platform": jax.devices()[0].platform,
-            "flops_per_step_per_device": float(cost.get("flops", 0.0)) if cost else None}
-  for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                "alias_size_in_bytes", "generated_code_size_in_bytes"):
-    report[field] = int(getattr(memory, field, 0) or 0)
-  report["peak_bytes_per_device_estimate"] = (report["argument_size_in_bytes"]
-                                              + report["output_size_in_bytes"]
-                                              - report["alias_size_in_bytes"]
-                                              + report["temp_size_in_bytes"])
-  return report
-
-
 def initial_state(setup: Setup, checkpoints, train_iter):
   """(params, opt_state, start_step): the latest intact checkpoint, else init_from, else
   fresh."""
@@ -238,11 +221,9 @@ def initial_state(setup: Setup, checkpoints, train_iter):
 def train(config, workdir: str, task: Task) -> dict:
   """Runs `task` in `workdir` to config.total_steps; returns the last logged metrics."""
   if config.get("compile_only"):
-    report = compile_report(Setup(config, task))
-    logging.info("compiled train step: %s", json.dumps(report))
-    if jax.process_index() == 0:
-      print(json.dumps(report))
-    return report
+    # A lever that changes the config (precheck.py) gets a task built from it.
+    return precheck.compile_only(config, lambda c, devices: Setup(
+        c, task if c is config else type(task)(c), devices))
 
   # From here a SIGTERM or Ctrl-C means: finish the current step, save, exit 75.
   preemption = runtime.PreemptionWatch()

@@ -11,13 +11,21 @@ import re
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(data: int, fsdp: int, devices=None) -> jax.sharding.Mesh:
-  """A (data, fsdp) mesh over all devices; -1 in one axis takes the remaining devices."""
+  """A (data, fsdp) mesh over all devices (or `devices`: a TPU topology's compile-only
+  devices); -1 in one axis takes the remaining devices.
+
+  The device order follows the interconnect where jax knows it (TPU). Physical axes may be
+  split: on a v4/v5p cube (4x4x4 chips) `jax.make_mesh` refuses an axis of 8, which is not a
+  product of whole physical axes. Devices that jax cannot place (one per TensorCore of a v4
+  chip) keep their plain order.
+  """
   devices = jax.devices() if devices is None else devices
   n = len(devices)
   if data == -1 and fsdp == -1:
@@ -28,10 +36,14 @@ def make_mesh(data: int, fsdp: int, devices=None) -> jax.sharding.Mesh:
     fsdp = n // data
   if data * fsdp != n or data < 1 or fsdp < 1:
     raise ValueError(f"mesh data={data} x fsdp={fsdp} does not use the {n} devices")
+  try:
+    grid = mesh_utils.create_device_mesh((data, fsdp), list(devices),
+                                         allow_split_physical_axes=True)
+  except (AssertionError, NotImplementedError, ValueError):
+    grid = np.asarray(list(devices), dtype=object).reshape(data, fsdp)
   # Auto axes: the compiler propagates shardings through the model (FSDP style), rather
   # than the Explicit default that would require a sharding on every intermediate.
-  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
-                       devices=devices)
+  return jax.sharding.Mesh(grid, BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def batch_sharding(mesh) -> NamedSharding:

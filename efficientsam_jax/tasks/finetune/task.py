@@ -157,7 +157,7 @@ def train(config, workdir: str) -> dict:
     config = config.copy_and_resolve_references()
     config.data.index_dir = paths.join(workdir, INDEX_SUBDIR)
   record = loop.train(config, workdir, EfficientSamTask(config))
-  if val_dir and jax.process_index() == 0:
+  if val_dir and not config.compile_only and jax.process_index() == 0:
     print(f"held-out demo images: python -m efficientsam_jax.evaluate --checkpoint={workdir} "
           f"--images={val_dir} --annotations={paths.join(val_dir, 'instances.json')} "
           "--prompt=box")

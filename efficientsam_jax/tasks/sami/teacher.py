@@ -44,7 +44,7 @@ class Teacher:
       raise UserError("config.teacher.checkpoint is required: the SAM image encoder weights "
                       f"for size {cfg.size} (e.g. sam_vit_h_4b8939.pth, or a converted JAX "
                       "checkpoint directory)")
-    if cfg.checkpoint and not paths.exists(cfg.checkpoint):
+    if need_weights and cfg.checkpoint and not paths.exists(cfg.checkpoint):
       paths.check_bucket(cfg.checkpoint, "config.teacher.checkpoint")
       raise UserError(f"config.teacher.checkpoint {cfg.checkpoint} does not exist")
     self.size, self.output, self.seed = cfg.size, cfg.output, int(cfg.seed)
