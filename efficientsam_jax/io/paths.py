@@ -227,7 +227,8 @@ def read_input(path, what: str = "file") -> bytes:
       raise error from None
     raise UserError(f"{path}: no such {what}") from None
   except IsADirectoryError:
-    raise UserError(f"{path}: is a directory, not a {what}") from None
+    article = "an" if what[:1] in "aeiou" else "a"
+    raise UserError(f"{path}: is a directory, not {article} {what}") from None
   except Exception as e:  # pylint: disable=broad-except
     raise storage_error(e, path) from None
 
