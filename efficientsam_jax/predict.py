@@ -11,7 +11,8 @@ prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, 
 "mask_input" (inference/queries.py). out.npz holds `logits` (Q, 3, H, W), `low_res_logits`
 (Q, 3, 256, 256), `iou` (Q, 3) and `image_embeddings` (256, 64, 64): for EfficientSAM the
 released PyTorch model's `forward` outputs, for SAM and MobileSAM SamPredictor's multimask
-outputs. --everything writes the masks of a 32x32 point grid instead (inference/automatic.py).
+outputs (SamPredictor.set_image's preprocessing; `--image_resize=torch` for
+set_torch_image's). --everything writes the masks of a 32x32 point grid instead (inference/automatic.py).
 `--dtype=bfloat16` computes in bfloat16 with float32 parameters: faster on CPUs with bf16
 instructions and on accelerators, logits differ by ~1e-2 (docs/performance.md).
 Mistakes print one line and exit with status 2.
@@ -33,6 +34,9 @@ flags.DEFINE_string("overlay", None, "Optional PNG: the masks drawn over the ima
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype "
                   "(parameters stay float32; bfloat16 is faster on CPUs with bf16 "
                   "instructions, logits differ by ~1e-2).")
+flags.DEFINE_enum("image_resize", None, ["pil", "torch"], "SAM / MobileSAM: how the image is "
+                  "resized to 1024: 'pil' (default) = SamPredictor.set_image (PIL bilinear on "
+                  "the uint8 image), 'torch' = set_torch_image's antialiased float resize.")
 flags.DEFINE_bool("everything", False, "Segment everything (a 32x32 point grid) instead of "
                   "--prompts.")
 FLAGS = flags.FLAGS
@@ -49,11 +53,11 @@ def main(argv):
     raise UserError(f"missing --{', --'.join(missing)} (see --help)")
   if FLAGS.everything:
     found = files.everything_file(FLAGS.checkpoint, FLAGS.image, FLAGS.output, FLAGS.model,
-                                  FLAGS.overlay, FLAGS.dtype)
+                                  FLAGS.overlay, FLAGS.dtype, image_resize=FLAGS.image_resize)
     print(f"wrote {FLAGS.output}: {len(found['iou'])} masks")
     return
   out = files.predict_file(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output,
-                           FLAGS.model, FLAGS.overlay, FLAGS.dtype)
+                           FLAGS.model, FLAGS.overlay, FLAGS.dtype, FLAGS.image_resize)
   print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits "
         f"{tuple(out['logits'].shape)}")
 

@@ -168,7 +168,7 @@ def test_session_with_sam_family_builtin_image_and_everything():
   assert answer["labels"] == [1.0, 2.0, 3.0] and 0 <= answer["area"] <= 480 * 360
   with Image.open(__import__("io").BytesIO(demo.mask_png())) as png:
     assert png.size == (480, 360) and (np.asarray(png) > 0).sum() == answer["area"]
-  found = demo.everything(points_per_side=4)
+  found = demo.everything(points_per_side=2)
   coco = json.loads(demo.coco_json())
   assert len(coco["annotations"]) == found["count"]
   with pytest.raises(UserError, match="one label each"):

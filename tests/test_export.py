@@ -126,6 +126,16 @@ def test_efficientsam_onnx_matches_jax_at_another_size_and_query_count(esam_onnx
   print(f"480x640, B=2, Q=5, N=3: embeddings {d_emb:.1e}, low-res {d_low:.1e}, iou "
         f"{d_iou:.1e}, full-size {d_full:.1e}, masks equal {agree:.7f}")
   assert d_emb < 1e-4 and d_iou < 1e-4 and d_full < 1e-3 and agree > 0.999
+  # The bench's onnxruntime-vs-ours timing on these files, one round (what it reports).
+  import io
+  from efficientsam_jax.bench import onnx_compare, records
+  emitter = records.Emitter(stream=io.StringIO(), suite="onnx")
+  onnx_compare.run(emitter, predictor, image, repeats=1, threads=2, files=esam_onnx)
+  for r in emitter.records:
+    print(f"{r['name']} {r['runtime']}: {r['value']:.3f} s (load {r['load_avg_1m']})")
+  assert sorted((r["name"], r["runtime"]) for r in emitter.records) == [
+      ("decoder_seconds", "jax"), ("decoder_seconds", "onnxruntime"),
+      ("encoder_seconds", "jax"), ("encoder_seconds", "onnxruntime")]
 
 
 # --- SAM / MobileSAM: segment-anything's ONNX decoder --------------------------------------

@@ -35,12 +35,13 @@ def _write(path: str, write) -> None:
 
 def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: str,
                  model: str | None = None, overlay_path: str | None = None,
-                 dtype: str = "float32") -> dict:
+                 dtype: str = "float32", image_resize: str | None = None) -> dict:
   """Prompts from a file against an image file; writes OUTPUT.npz (logits, low_res_logits,
   iou, image_embeddings) and the optional overlay. Returns the arrays written."""
   image = images.read(image_path)
   queries = read_prompts(prompts_path)  # checked before the (slower) model load
-  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
+  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype,
+                                        image_resize=image_resize)
   if queries.has_mask_input and not predictor.supports_mask_input:
     raise UserError(f"mask_input needs a SAM or MobileSAM model: {predictor.config.name} has "
                     "no mask-input path")
@@ -58,11 +59,13 @@ def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: st
 
 def everything_file(checkpoint: str, image_path: str, output: str, model: str | None = None,
                     overlay_path: str | None = None, dtype: str = "float32",
-                    config: automatic.EverythingConfig = automatic.EverythingConfig()) -> dict:
+                    config: automatic.EverythingConfig = automatic.EverythingConfig(),
+                    image_resize: str | None = None) -> dict:
   """Segments everything in an image file; writes OUTPUT.npz (masks (K, H, W) bool, iou,
   stability, boxes, points, crop_boxes) and the optional overlay. Returns the result."""
   image = images.read(image_path)
-  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
+  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype,
+                                        image_resize=image_resize)
   result = automatic.generate(predictor, image, config)
   _write(output, lambda p: np.savez(p, **result))
   if overlay_path:

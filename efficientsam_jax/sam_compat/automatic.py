@@ -167,11 +167,13 @@ class SamAutomaticMaskGenerator:
     m = iou.shape[1]
     logits, iou = logits.reshape((-1,) + logits.shape[2:]), iou.reshape(-1)
     point_of = np.repeat(points, m, axis=0)
-    keep = iou > self.pred_iou_thresh
+    # segment-anything applies each threshold only when it is positive.
+    keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else np.ones(len(iou), bool)
     logits, iou, point_of = logits[keep], iou[keep], point_of[keep]
     threshold = self.predictor.model.mask_threshold
     stability = automatic.stability_score(logits, threshold, self.stability_score_offset)
-    keep = stability >= self.stability_score_thresh
+    keep = (stability >= self.stability_score_thresh if self.stability_score_thresh > 0
+            else np.ones(len(stability), bool))
     masks = logits[keep] > threshold
     iou, stability, point_of = iou[keep], stability[keep], point_of[keep]
     shift = np.asarray([x0, y0, x0, y0])
