@@ -170,6 +170,24 @@ def build_sam(modeling, image_encoder):
   return model.eval()
 
 
+def vit_sam(width: int, depth: int, heads: int, global_blocks: tuple):
+  """A torch Sam (seeded, perturbed) with a ViT encoder of this shape at 1024 (windows of 14,
+  neck 256) and SAM's prompt encoder and decoder; with our config of the same shape."""
+  import functools
+  import torch
+  from efficientsam_jax.models import sam
+  seed_torch()
+  modeling = segment_anything_modeling()
+  encoder = modeling.ImageEncoderViT(
+      img_size=1024, patch_size=16, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=4,
+      out_chans=256, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+      use_rel_pos=True, window_size=14, global_attn_indexes=global_blocks)
+  config = sam.FAMILY.config("sam_vit_b", encoder_overrides=(
+      ("width", width), ("depth", depth), ("num_heads", heads),
+      ("global_blocks", global_blocks)))
+  return build_sam(modeling, encoder), config
+
+
 def seed_torch(seed: int = 0):
   require_module("torch")
   import torch

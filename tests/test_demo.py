@@ -59,6 +59,7 @@ def picture(fixtures_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
+  _require_browser()  # before the (slow) model load
   env = dict(os.environ, PYTHONPATH=REPO)
   process = subprocess.Popen([sys.executable, "-m", "efficientsam_jax.demo",
                               f"--checkpoint={checkpoint}", "--port=0"], cwd=REPO, env=env,
@@ -103,7 +104,7 @@ def _wait(condition, timeout=240.0, what="the page"):
   pytest.fail(f"timed out waiting for {what}")
 
 
-def test_click_gives_the_predictors_mask(server, browser, picture, checkpoint):
+def test_click_gives_the_predictors_mask(browser, server, picture, checkpoint):
   from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.common.by import By
   from efficientsam_jax.inference import Predictor

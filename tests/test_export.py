@@ -145,20 +145,11 @@ SAM_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input",
 
 
 @functools.lru_cache(maxsize=None)
-def _sam(width: int, depth: int, heads: int, globals_: tuple):
+def _sam(width: int, depth: int, heads: int, global_blocks: tuple):
   """(torch Sam, our LoadedModel) with the same random, perturbed weights."""
-  import torch
   import sam_reference as ref
   from efficientsam_jax.models import sam
-  ref.seed_torch()
-  modeling = ref.segment_anything_modeling()
-  encoder = modeling.ImageEncoderViT(
-      img_size=1024, patch_size=16, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=4,
-      out_chans=256, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-      use_rel_pos=True, window_size=14, global_attn_indexes=globals_)
-  model = ref.build_sam(modeling, encoder)
-  config = sam.FAMILY.config("sam_vit_b", encoder_overrides=(
-      ("width", width), ("depth", depth), ("num_heads", heads), ("global_blocks", globals_)))
+  model, config = ref.vit_sam(width, depth, heads, global_blocks)
   params = sam.FAMILY.params_from_torch(ref.state_dict_numpy(model), config)
   return model, model_files.LoadedModel(config, params)
 

@@ -11,19 +11,10 @@ import pytest
 import sam_reference as ref
 from efficientsam_jax.errors import UserError
 
-OVERRIDES = (("width", 64), ("depth", 4), ("num_heads", 4), ("global_blocks", (1, 3)))
-
-
 @functools.lru_cache(maxsize=None)
 def _torch_sam():
-  import torch
-  ref.seed_torch()
-  modeling = ref.segment_anything_modeling()
-  encoder = modeling.ImageEncoderViT(
-      img_size=1024, patch_size=16, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4,
-      out_chans=256, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-      use_rel_pos=True, window_size=14, global_attn_indexes=(1, 3))
-  return ref.build_sam(modeling, encoder)
+  """(torch Sam, our config of its shape)."""
+  return ref.vit_sam(64, 4, 4, (1, 3))
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +22,8 @@ def checkpoint(tmp_path_factory):
   """The torch model's weights as a JAX parameter checkpoint (it keeps the encoder shape)."""
   from efficientsam_jax.io import model_files
   from efficientsam_jax.models import sam
-  config = sam.FAMILY.config("sam_vit_b", encoder_overrides=OVERRIDES)
-  params = sam.FAMILY.params_from_torch(ref.state_dict_numpy(_torch_sam()), config)
+  model, config = _torch_sam()
+  params = sam.FAMILY.params_from_torch(ref.state_dict_numpy(model), config)
   path = str(tmp_path_factory.mktemp("sam_compat") / "tiny_sam")
   model_files.save_jax(path, model_files.LoadedModel(config, params))
   return path
@@ -57,7 +48,7 @@ def predictors(sam, photo):
   from efficientsam_jax.sam_compat import SamPredictor
   ours = SamPredictor(sam)
   ours.set_image(photo[..., ::-1].copy(), image_format="BGR")  # converted back to RGB
-  return ref.sam_predictor(_torch_sam(), photo), ours
+  return ref.sam_predictor(_torch_sam()[0], photo), ours
 
 
 QUERIES = [  # segment-anything's predict() keyword arguments
@@ -120,7 +111,7 @@ def test_set_torch_image_path_is_kept_as_an_option(checkpoint, photo, predictors
   from efficientsam_jax.sam_compat import SamPredictor, sam_model_registry
   ours = SamPredictor(sam_model_registry["vit_b"](checkpoint=checkpoint, image_resize="torch"))
   ours.set_image(photo)
-  theirs = ref.sam_predictor(_torch_sam(), photo, torch_resize=True)
+  theirs = ref.sam_predictor(_torch_sam()[0], photo, torch_resize=True)
   diff = np.abs(ours.get_image_embedding() - theirs.get_image_embedding().numpy()).max()
   across = np.abs(ours.get_image_embedding() - predictors[1].get_image_embedding()).max()
   print(f"image embeddings (set_torch_image path): {diff:.1e}; set_image's path vs this one: "
@@ -144,7 +135,7 @@ def test_automatic_mask_generator_matches_segment_anything(sam, photo):
   from efficientsam_jax.io import images
   from efficientsam_jax.sam_compat import SamAutomaticMaskGenerator
   small = images.resize_bilinear(photo, 302, 536)
-  want = ref.sam_automatic_mask_generator(_torch_sam(), **AMG_SETTINGS).generate(small)
+  want = ref.sam_automatic_mask_generator(_torch_sam()[0], **AMG_SETTINGS).generate(small)
   generator = SamAutomaticMaskGenerator(sam, **AMG_SETTINGS)
   got = generator.generate(small)
   print(f"{len(got)} masks (segment-anything: {len(want)})")
