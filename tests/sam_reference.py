@@ -120,6 +120,15 @@ def segment_anything_modeling():
   return modeling
 
 
+def sam_onnx_model_class():
+  """segment_anything.utils.onnx.SamOnnxModel (torch.onnx's export imports the whole package,
+  whose `__init__` imports torchvision: stubbed where absent)."""
+  segment_anything_modeling()
+  _stub_torchvision()
+  from segment_anything.utils.onnx import SamOnnxModel
+  return SamOnnxModel
+
+
 def sam_automatic_mask_generator(model, **kwargs):
   """segment_anything's SamAutomaticMaskGenerator on a torch Sam."""
   segment_anything_modeling()

@@ -80,7 +80,7 @@ def _run_efficientsam(files, image, points, labels):
   batched = (image.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
   embeddings = _session(files["encoder"]).run(None, {"batched_images": batched})[0]
   masks, iou, low = _session(files["decoder"]).run(None, {
-      "image_embeddings": embeddings, "batched_point_coords": points.astype(np.float32),
+      "image_embeddings": np.repeat(embeddings, len(points), axis=0),  # one per batch entry "batched_point_coords": points.astype(np.float32),
       "batched_point_labels": labels.astype(np.float32),
       "orig_im_size": np.asarray(image.shape[:2], np.int64)})
   return embeddings, masks, iou, low
@@ -162,7 +162,8 @@ def sam_decoder_files(tmp_path_factory):
   require_module("jax2onnx")
   import torch
   from efficientsam_jax.export import onnx_export
-  from segment_anything.utils.onnx import SamOnnxModel
+  import sam_reference as ref
+  SamOnnxModel = ref.sam_onnx_model_class()
   model, loaded = _sam(768, 2, 12, (1,))
   out = tmp_path_factory.mktemp("sam_onnx")
   ours = onnx_export.export_onnx(loaded, str(out), parts=("decoder",))["decoder"]
@@ -213,7 +214,8 @@ def test_sam_decoder_takes_query_batches_and_any_size(sam_decoder_files):
   """Bp queries at once (segment-anything's file takes one), at a size of its own: the same as
   SamOnnxModel in torch, query by query."""
   import torch
-  from segment_anything.utils.onnx import SamOnnxModel
+  import sam_reference as ref
+  SamOnnxModel = ref.sam_onnx_model_class()
   model, ours, _ = sam_decoder_files
   feeds = _sam_feeds(np.random.default_rng(7), 3, 4, True, (300, 410))
   masks, iou, low = ours.run(None, feeds)
