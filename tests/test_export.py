@@ -80,7 +80,8 @@ def _run_efficientsam(files, image, points, labels):
   batched = (image.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
   embeddings = _session(files["encoder"]).run(None, {"batched_images": batched})[0]
   masks, iou, low = _session(files["decoder"]).run(None, {
-      "image_embeddings": np.repeat(embeddings, len(points), axis=0),  # one per batch entry "batched_point_coords": points.astype(np.float32),
+      "image_embeddings": np.repeat(embeddings, len(points), axis=0),  # one per batch entry
+      "batched_point_coords": points.astype(np.float32),
       "batched_point_labels": labels.astype(np.float32),
       "orig_im_size": np.asarray(image.shape[:2], np.int64)})
   return embeddings, masks, iou, low
@@ -140,6 +141,7 @@ def test_efficientsam_onnx_matches_jax_at_another_size_and_query_count(esam_onnx
 
 # --- SAM / MobileSAM: segment-anything's ONNX decoder --------------------------------------
 
+SMALL_SAM = (64, 2, 4, (1,))  # encoder width, depth, heads, global blocks
 SAM_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input",
               "has_mask_input", "orig_im_size"]
 
@@ -156,15 +158,16 @@ def _sam(width: int, depth: int, heads: int, global_blocks: tuple):
 
 @pytest.fixture(scope="module")
 def sam_decoder_files(tmp_path_factory):
-  """A vit_b-shaped SAM (2 blocks: the decoder is the same at every depth): our decoder file
-  and segment-anything's, SamOnnxModel exported with torch.onnx as its export script does."""
+  """SAM's decoder (the same module, shapes and file for vit_b, vit_l and vit_h: the encoder
+  only makes the 256-channel embeddings, here a small one): our decoder file and
+  segment-anything's, SamOnnxModel exported with torch.onnx as its export script does."""
   require_module("onnxruntime")
   require_module("jax2onnx")
   import torch
   from efficientsam_jax.export import onnx_export
   import sam_reference as ref
   SamOnnxModel = ref.sam_onnx_model_class()
-  model, loaded = _sam(768, 2, 12, (1,))
+  model, loaded = _sam(*SMALL_SAM)
   out = tmp_path_factory.mktemp("sam_onnx")
   ours = onnx_export.export_onnx(loaded, str(out), parts=("decoder",))["decoder"]
   theirs = str(out / "segment_anything_decoder.onnx")
@@ -233,7 +236,7 @@ def test_sam_encoder_file_normalises_and_pads(tmp_path):
   import torch
   import sam_reference as ref
   from efficientsam_jax.export import onnx_export
-  model, loaded = _sam(64, 2, 4, (1,))
+  model, loaded = _sam(*SMALL_SAM)
   path = onnx_export.export_onnx(loaded, str(tmp_path), parts=("encoder",))["encoder"]
   image = np.random.default_rng(3).integers(0, 256, (300, 410, 3), dtype=np.uint8)
   resized, size = ref.reference_resized(image)
