@@ -12,7 +12,8 @@ prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, 
 (Q, 3, 256, 256), `iou` (Q, 3) and `image_embeddings` (256, 64, 64): for EfficientSAM the
 released PyTorch model's `forward` outputs, for SAM and MobileSAM SamPredictor's multimask
 outputs (SamPredictor.set_image's preprocessing; `--image_resize=torch` for
-set_torch_image's). --everything writes the masks of a 32x32 point grid instead (inference/automatic.py).
+set_torch_image's). --everything writes the masks of a 32x32 point grid instead
+(inference/automatic.py).
 `--dtype=bfloat16` computes in bfloat16 with float32 parameters: faster on CPUs with bf16
 instructions and on accelerators, logits differ by ~1e-2 (docs/performance.md).
 Mistakes print one line and exit with status 2.

@@ -9,11 +9,11 @@ masks are the weights' own, not trivial ones), saved as a JAX parameter checkpoi
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 
 import numpy as np
 import pytest
@@ -35,6 +35,7 @@ def _require_browser():
                "(apt-get install -y chromium chromium-driver)")
     if os.environ.get("CI") == "true":
       pytest.fail(message)
+    warnings.warn(f"browser test skipped: {message}")  # in the warnings summary, not only -rs
     pytest.skip(message)
 
 
@@ -94,12 +95,18 @@ def browser(tmp_path):
   driver.quit()
 
 
-def _wait(condition, timeout=240.0, what="the page"):
+def _wait(condition, timeout=240.0, what="the page", driver=None):
+  """condition()'s first true value; fails on timeout, or at once when the page shows an
+  error (its status line starts with "error:")."""
+  from selenium.webdriver.common.by import By
   end = time.monotonic() + timeout
   while time.monotonic() < end:
     value = condition()
     if value:
       return value
+    status = driver.find_element(By.ID, "status").text if driver else ""
+    if status.startswith("error"):
+      pytest.fail(f"the page shows {status!r} while waiting for {what}")
     time.sleep(0.2)
   pytest.fail(f"timed out waiting for {what}")
 
@@ -113,13 +120,14 @@ def test_click_gives_the_predictors_mask(browser, server, picture, checkpoint):
   _wait(lambda: "vitt" in driver.find_element(By.ID, "model").text, what="the model name")
   driver.find_element(By.ID, "file").send_keys(str(picture))
   stage = driver.find_element(By.ID, "stage")
-  _wait(lambda: stage.get_attribute("data-ready"), what="the embedding")
+  _wait(lambda: stage.get_attribute("data-ready"), what="the embedding", driver=driver)
   canvas = driver.find_element(By.ID, "image")
   assert (canvas.size["width"], canvas.size["height"]) == (320, 180)  # shown at its own size
   # Selenium offsets are from the element's centre.
   ActionChains(driver).move_to_element_with_offset(
       canvas, CLICK[0] - 160, CLICK[1] - 90).click().perform()
-  result = _wait(lambda: driver.execute_script("return window.demoResult"), what="the mask")
+  result = _wait(lambda: driver.execute_script("return window.demoResult"), what="the mask",
+                 driver=driver)
   clicked = np.asarray(result["points"], np.float32)
   assert np.abs(clicked - np.asarray([CLICK], np.float32)).max() <= 1.0
   assert result["labels"] == [1.0]

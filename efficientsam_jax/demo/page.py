@@ -24,9 +24,11 @@ PAGE = r"""<!doctype html>
  <a id="maskpng" href="api/mask.png" download="mask.png">Download mask (PNG)</a>
  <a id="cocojson" href="api/result.json" download="result.json">Download result (COCO JSON)</a>
 </div>
-<div class="hint">Click on the image for points (left: the selected kind), or choose "box" and drag.</div>
+<div class="hint">Click on the image for points (left: the selected kind), or choose "box"
+ and drag.</div>
 <div id="status">Open an image.</div>
-<div id="stage"><canvas id="image"></canvas><canvas id="overlay"></canvas><canvas id="marks"></canvas></div>
+<div id="stage"><canvas id="image"></canvas><canvas id="overlay"></canvas><canvas id="marks">
+</canvas></div>
 <script>
 const $ = (id) => document.getElementById(id);
 const state = {points: [], labels: [], box: null, drag: null, width: 0, height: 0};
