@@ -11,7 +11,9 @@ prompts.json is a list of queries, each {"points": [[x, y], ...], "labels": [1, 
 "mask_input" (inference/queries.py). out.npz holds `logits` (Q, 3, H, W), `low_res_logits`
 (Q, 3, 256, 256), `iou` (Q, 3) and `image_embeddings` (256, 64, 64): for EfficientSAM the
 released PyTorch model's `forward` outputs, for SAM and MobileSAM SamPredictor's multimask
-outputs. --everything writes the masks of a 32x32 point grid instead (inference/automatic.py).
+outputs (SamPredictor.set_image's preprocessing; `--image_resize=torch` for
+set_torch_image's). --everything writes the masks of a 32x32 point grid instead
+(inference/automatic.py).
 `--dtype=bfloat16` computes in bfloat16 with float32 parameters: faster on CPUs with bf16
 instructions and on accelerators, logits differ by ~1e-2 (docs/performance.md).
 Outputs are written whole or not at all; an output that is one of the inputs is refused, and
@@ -37,6 +39,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype "
                   "instructions, logits differ by ~1e-2).")
 flags.DEFINE_bool("overwrite", False, "Replace --output and --overlay if they exist (an "
                   "output that is one of the inputs is refused regardless).")
+flags.DEFINE_enum("image_resize", None, ["pil", "torch"], "SAM / MobileSAM: how the image is "
+                  "resized to 1024: 'pil' (default) = SamPredictor.set_image (PIL bilinear on "
+                  "the uint8 image), 'torch' = set_torch_image's antialiased float resize.")
 flags.DEFINE_bool("everything", False, "Segment everything (a 32x32 point grid) instead of "
                   "--prompts.")
 FLAGS = flags.FLAGS
@@ -53,11 +58,13 @@ def main(argv):
     raise UserError(f"missing --{', --'.join(missing)} (see --help)")
   if FLAGS.everything:
     found = files.everything_file(FLAGS.checkpoint, FLAGS.image, FLAGS.output, FLAGS.model,
-                                  FLAGS.overlay, FLAGS.dtype, overwrite=FLAGS.overwrite)
+                                  FLAGS.overlay, FLAGS.dtype, overwrite=FLAGS.overwrite,
+                                  image_resize=FLAGS.image_resize)
     print(f"wrote {FLAGS.output}: {len(found['iou'])} masks")
     return
   out = files.predict_file(FLAGS.checkpoint, FLAGS.image, FLAGS.prompts, FLAGS.output,
-                           FLAGS.model, FLAGS.overlay, FLAGS.dtype, overwrite=FLAGS.overwrite)
+                           FLAGS.model, FLAGS.overlay, FLAGS.dtype, overwrite=FLAGS.overwrite,
+                           image_resize=FLAGS.image_resize)
   print(f"wrote {FLAGS.output}: {out['iou'].shape[0]} queries, logits {out['logits_shape']}")
 
 

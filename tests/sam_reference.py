@@ -49,23 +49,68 @@ def _stub_timm():
 
 
 def _stub_torchvision():
-  """The two torchvision functions segment_anything.utils.transforms imports. They serve only
-  `apply_image` (PIL resizing), which the tests never call: images go through
-  `apply_image_torch`."""
+  """The two torchvision functions segment_anything.utils.transforms imports, for
+  `ResizeLongestSide.apply_image` (what `SamPredictor.set_image` calls), where torchvision is
+  not installed (no torchvision wheel loads against the pinned CPU torch build: measured,
+  "operator torchvision::nms does not exist"), and the two box functions
+  SamAutomaticMaskGenerator imports. On a PIL image, torchvision's
+  `resize(img, [h, w])` with its default interpolation is `img.resize((w, h), BILINEAR)`
+  (torchvision/transforms/_functional_pil.py) and `to_pil_image` of an (H, W, 3) uint8 array
+  is `Image.fromarray`; box_area and batched_nms (one category) follow torchvision.ops'
+  definitions: these stand-ins do exactly that, and refuse anything else."""
   if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
     return
+  from PIL import Image
 
-  def unavailable(*args, **kwargs):
-    raise NotImplementedError("torchvision is stubbed in the tests; use apply_image_torch")
+  def to_pil_image(pic):
+    array = np.asarray(pic)
+    if array.dtype != np.uint8 or array.ndim != 3:
+      raise NotImplementedError("stand-in: (H, W, C) uint8 arrays only")
+    return Image.fromarray(array)
+
+  def resize(img, size):
+    if not isinstance(img, Image.Image) or len(size) != 2:
+      raise NotImplementedError("stand-in: a PIL image to an explicit (h, w) only")
+    return img.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
+
+  import torch
+
+  def box_area(boxes):
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+  def batched_nms(boxes, scores, idxs, iou_threshold):
+    """torchvision.ops.batched_nms for one category (what SamAutomaticMaskGenerator passes):
+    greedy, best score first, dropping boxes whose IoU with a kept one exceeds the threshold."""
+    if len(idxs) and not bool((idxs == idxs[0]).all()):
+      raise NotImplementedError("stand-in: one category only")
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes = boxes[order].double()
+    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = box_area(boxes)
+    iou = inter / (area[:, None] + area[None, :] - inter)
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for i in range(len(boxes)):
+      if not suppressed[i]:
+        keep.append(i)
+        suppressed |= iou[i] > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long)]
 
   functional = types.ModuleType("torchvision.transforms.functional")
-  functional.resize = functional.to_pil_image = unavailable
+  functional.resize, functional.to_pil_image = resize, to_pil_image
   transforms = types.ModuleType("torchvision.transforms")
   transforms.functional = functional
+  ops_boxes = types.ModuleType("torchvision.ops.boxes")
+  ops_boxes.batched_nms, ops_boxes.box_area = batched_nms, box_area
+  ops = types.ModuleType("torchvision.ops")
+  ops.boxes = ops_boxes
   torchvision = types.ModuleType("torchvision")
-  torchvision.transforms = transforms
+  torchvision.transforms, torchvision.ops = transforms, ops
   sys.modules.update({"torchvision": torchvision, "torchvision.transforms": transforms,
-                      "torchvision.transforms.functional": functional})
+                      "torchvision.transforms.functional": functional,
+                      "torchvision.ops": ops, "torchvision.ops.boxes": ops_boxes})
 
 
 def segment_anything_modeling():
@@ -75,16 +120,38 @@ def segment_anything_modeling():
   return modeling
 
 
-def sam_predictor(model, image_uint8: np.ndarray):
-  """segment_anything's SamPredictor for a torch Sam with `image_uint8` (H, W, 3) set through
-  `set_torch_image` and the antialiased resize of `reference_resized` (as our
-  `sam.preprocess`); its `predict` then transforms prompts and postprocesses as released."""
+def sam_onnx_model_class():
+  """segment_anything.utils.onnx.SamOnnxModel (torch.onnx's export imports the whole package,
+  whose `__init__` imports torchvision: stubbed where absent)."""
+  segment_anything_modeling()
+  _stub_torchvision()
+  from segment_anything.utils.onnx import SamOnnxModel
+  return SamOnnxModel
+
+
+def sam_automatic_mask_generator(model, **kwargs):
+  """segment_anything's SamAutomaticMaskGenerator on a torch Sam."""
+  segment_anything_modeling()
+  _stub_torchvision()
+  from segment_anything.automatic_mask_generator import SamAutomaticMaskGenerator
+  return SamAutomaticMaskGenerator(model, **kwargs)
+
+
+def sam_predictor(model, image_uint8: np.ndarray, torch_resize: bool = False):
+  """segment_anything's SamPredictor for a torch Sam with `image_uint8` (H, W, 3) set as
+  scripts set it, `set_image` (ResizeLongestSide.apply_image: PIL), or with torch_resize
+  through `set_torch_image` and the antialiased float resize of `reference_resized` (our
+  Predictor's image_resize="torch"); its `predict` then transforms prompts and postprocesses
+  as released."""
   segment_anything_modeling()
   _stub_torchvision()
   from segment_anything.predictor import SamPredictor
   predictor = SamPredictor(model)
-  predictor.set_torch_image(reference_resized(image_uint8, model.image_encoder.img_size)[0],
-                            image_uint8.shape[:2])
+  if torch_resize:
+    predictor.set_torch_image(reference_resized(image_uint8, model.image_encoder.img_size)[0],
+                              image_uint8.shape[:2])
+  else:
+    predictor.set_image(image_uint8, "RGB")
   return predictor
 
 
@@ -110,6 +177,24 @@ def build_sam(modeling, image_encoder):
                        pixel_std=[58.395, 57.12, 57.375])
   perturb(model, torch.Generator().manual_seed(0))
   return model.eval()
+
+
+def vit_sam(width: int, depth: int, heads: int, global_blocks: tuple):
+  """A torch Sam (seeded, perturbed) with a ViT encoder of this shape at 1024 (windows of 14,
+  neck 256) and SAM's prompt encoder and decoder; with our config of the same shape."""
+  import functools
+  import torch
+  from efficientsam_jax.models import sam
+  seed_torch()
+  modeling = segment_anything_modeling()
+  encoder = modeling.ImageEncoderViT(
+      img_size=1024, patch_size=16, embed_dim=width, depth=depth, num_heads=heads, mlp_ratio=4,
+      out_chans=256, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+      use_rel_pos=True, window_size=14, global_attn_indexes=global_blocks)
+  config = sam.FAMILY.config("sam_vit_b", encoder_overrides=(
+      ("width", width), ("depth", depth), ("num_heads", heads),
+      ("global_blocks", global_blocks)))
+  return build_sam(modeling, encoder), config
 
 
 def seed_torch(seed: int = 0):

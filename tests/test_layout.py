@@ -12,7 +12,7 @@ PACKAGE = REPO / "efficientsam_jax"
 # Modules run with `python -m`: they define absl flags when imported, so nothing imports them.
 CLI_MODULES = {"efficientsam_jax.main", "efficientsam_jax.convert", "efficientsam_jax.predict",
                "efficientsam_jax.evaluate", "efficientsam_jax.cache_teacher",
-               "efficientsam_jax.bench.__main__"}
+               "efficientsam_jax.bench.__main__", "efficientsam_jax.demo.__main__"}
 MAX_LINES = 350
 
 

@@ -3,6 +3,8 @@ r"""Benchmarks; one JSON object per line on stdout (name, value, unit and the se
   python -m efficientsam_jax.bench --suite=inference --model=efficientsam_vitt \
       [--checkpoint=PATH] [--image-size=1024] [--repeats=5] [--compare-torch] \
       [--dtype=float32|bfloat16] [--query-chunk=N]
+  python -m efficientsam_jax.bench --suite=onnx --model=efficientsam_vitt [--checkpoint=PATH] \
+      [--input-height=H --input-width=W] [--threads=N]
   python -m efficientsam_jax.bench --suite=train --config=configs/sami_vitt.py:teacher=vit_b \
       --config.batch_size=32 --config.teacher.random_init=True --config.data.source=demo
   python -m efficientsam_jax.bench --suite=data --config=configs/efficientsam_vitt.py \
@@ -11,6 +13,8 @@ r"""Benchmarks; one JSON object per line on stdout (name, value, unit and the se
 --dtype is the compute dtype of the inference suite and of the torch comparison (parameters
 stay float32; bfloat16 = bf16 matrix products, models/precision.py); the train suite takes its
 dtypes from the config (--config.student.dtype, --config.teacher.dtype).
+--suite=onnx exports the model to ONNX (convert --format=onnx) and times onnxruntime's CPU
+encoder and decoder next to ours on the same image and box (bench/onnx_compare.py).
 Compile time is its own record (`compile_seconds`); every time is a median of `--repeats`
 runs after a warm-up, with the min and the machine's 1-minute load average next to it.
 Flags may be spelled with dashes or underscores (--image-size = --image_size).
@@ -23,7 +27,7 @@ from ml_collections import config_flags
 
 from efficientsam_jax import cli
 
-SUITES = ("inference", "train", "data")
+SUITES = ("inference", "onnx", "train", "data")
 
 flags.DEFINE_enum("suite", "inference", SUITES, "What to measure.")
 flags.DEFINE_string("model", "efficientsam_vitt", "A model name (inference suite; "
@@ -41,7 +45,8 @@ flags.DEFINE_bool("compare_torch", False, "Also time segment-anything's PyTorch 
                   "against ours on the same weights and image.")
 flags.DEFINE_integer("torch_image_size", None, "Image size of the torch comparison; default "
                      "image_size.")
-flags.DEFINE_integer("threads", None, "Threads for PyTorch in the comparison; default: the "
+flags.DEFINE_integer("threads", None, "Threads for PyTorch (--compare-torch) or onnxruntime "
+                     "(--suite=onnx); default: the "
                      "host's cores (what XLA's CPU client uses).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the "
                   "inference suite and the torch comparison.")
@@ -103,6 +108,22 @@ def main(argv):
     emitter = records.Emitter(suite="data", config=config.trainer,
                               image_size=config.data.image_size, host_memory_kept=kept)
     data.run(emitter, config, FLAGS.repeats, FLAGS.data_images, FLAGS.report)
+  elif FLAGS.suite == "onnx":
+    from efficientsam_jax.bench import inference, onnx_compare
+    registry.family_of(FLAGS.model)
+    try:
+      import onnxruntime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      import jax2onnx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise UserError(f'--suite=onnx needs the onnx extra ({e}): pip install -e ".[onnx]"'
+                      ) from None
+    predictor = inference.make_predictor(FLAGS.model, FLAGS.image_size, FLAGS.checkpoint,
+                                         FLAGS.dtype)
+    hw = (FLAGS.input_height or FLAGS.image_size, FLAGS.input_width or FLAGS.image_size)
+    emitter = records.Emitter(suite="onnx", model=FLAGS.model, image_size=FLAGS.image_size,
+                              batch=1, dtype=FLAGS.dtype, host_memory_kept=kept)
+    onnx_compare.run(emitter, predictor, inference.test_image(*hw), FLAGS.repeats,
+                     FLAGS.threads)
   else:
     from efficientsam_jax.bench import train
     config = FLAGS.config

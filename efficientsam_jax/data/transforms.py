@@ -111,11 +111,7 @@ def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
   SamPredictor.set_image gives SAM's encoder before normalising and padding (its
   ResizeLongestSide.apply_image: torchvision's default resize of a PIL image, i.e. PIL
   bilinear, antialiased)."""
-  h, w = longest_side_hw(image.shape[0], image.shape[1], size)
-  if (h, w) == image.shape[:2]:
-    return image
-  return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
-      (w, h), Image.Resampling.BILINEAR), np.uint8)
+  return images.resize_bilinear(image, *longest_side_hw(image.shape[0], image.shape[1], size))
 
 
 def pad_bottom_right(image: np.ndarray, size: int) -> np.ndarray:

@@ -79,7 +79,8 @@ def _check_disk(path: str, needed: int) -> None:
 
 def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: str,
                  model: str | None = None, overlay_path: str | None = None,
-                 dtype: str = "float32", overwrite: bool = False) -> dict:
+                 dtype: str = "float32", overwrite: bool = False,
+                 image_resize: str | None = None) -> dict:
   """Prompts from a file against an image file; writes OUTPUT.npz (logits, low_res_logits,
   iou, image_embeddings) and the optional overlay, each whole or not at all. An output that
   is an input, or (without overwrite) exists, is refused first. The full-resolution logits
@@ -89,7 +90,8 @@ def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: st
   check_outputs(checkpoint, image_path, prompts_path, output, overlay_path, overwrite)
   image = images.read(image_path)
   queries = read_prompts(prompts_path)  # checked before the (slower) model load
-  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
+  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype,
+                                        image_resize=image_resize)
   if queries.has_mask_input and not predictor.supports_mask_input:
     raise UserError(f"mask_input needs a SAM or MobileSAM model: {predictor.config.name} has "
                     "no mask-input path")
@@ -130,13 +132,14 @@ def predict_file(checkpoint: str, image_path: str, prompts_path: str, output: st
 def everything_file(checkpoint: str, image_path: str, output: str, model: str | None = None,
                     overlay_path: str | None = None, dtype: str = "float32",
                     config: automatic.EverythingConfig = automatic.EverythingConfig(),
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, image_resize: str | None = None) -> dict:
   """Segments everything in an image file; writes OUTPUT.npz (masks (K, H, W) bool, iou,
   stability, boxes, points, crop_boxes) and the optional overlay (as predict_file). Returns
   the result."""
   check_outputs(checkpoint, image_path, None, output, overlay_path, overwrite)
   image = images.read(image_path)
-  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype)
+  predictor = Predictor.from_checkpoint(checkpoint, model, dtype=dtype,
+                                        image_resize=image_resize)
   result = automatic.generate(predictor, image, config)
   _save_npz(output, result)
   if overlay_path:

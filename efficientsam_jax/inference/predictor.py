@@ -7,7 +7,14 @@
 
 It works for every model family alike (models/family.py lists the methods it calls). For
 EfficientSAM the outputs are the released PyTorch model's `forward`; for SAM and MobileSAM,
-SamPredictor's multimask outputs (masks 1..3, logits by `postprocess_masks`).
+SamPredictor's outputs (masks 1..3, or mask 0 with multimask_output=False; logits by
+`postprocess_masks`), from SamPredictor.set_image's preprocessing by default.
+
+Image resizing (`image_resize`): "pil" = SamPredictor.set_image (segment-anything's
+`ResizeLongestSide.apply_image`: the uint8 image resized by PIL's bilinear and rounded to whole
+grey levels, on the host), the default for SAM and MobileSAM; "torch" = resized inside the
+model in float32 (SAM: `set_torch_image`'s antialiased bilinear; EfficientSAM: its release's
+bilinear stretch to 1024 x 1024, EfficientSAM's only path).
 
 Compilation: the image is resized to the encoder's input size by its own small jitted
 function, so the encoder compiles once for every image size. Queries are padded to a bucket
@@ -25,7 +32,7 @@ import numpy as np
 
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.inference.queries import Queries
-from efficientsam_jax.io import model_files
+from efficientsam_jax.io import images, model_files
 from efficientsam_jax.models import precision, registry
 from efficientsam_jax.models import prompt_encoder as pe
 from efficientsam_jax.models.family import ModelConfig
@@ -38,6 +45,7 @@ MAX_QUERIES_PER_CALL = 1024
 # Queries decoded at once inside a call (a lax.map step). Small chunks keep each step's
 # per-query image tensors (4096 x 256 per query at 1024) in the caches (docs/performance.md).
 QUERY_CHUNK = 4
+IMAGE_RESIZES = ("pil", "torch")
 
 
 def available_memory() -> int | None:
@@ -65,11 +73,12 @@ class Predictor:
 
   dtype: None keeps the config's compute dtype (float32 unless set), or "float32" /
   "bfloat16". query_chunk: queries per decoder step inside a call (default QUERY_CHUNK).
+  image_resize: "pil" or "torch" (module docstring); None = the model's own default.
   set_image also computes the query-independent part of the decoder once per image.
   """
 
   def __init__(self, params, config: ModelConfig, dtype: str | None = None,
-               query_chunk: int | None = None):
+               query_chunk: int | None = None, image_resize: str | None = None):
     if dtype is not None:
       try:
         precision.compute_dtype(dtype)
@@ -81,6 +90,10 @@ class Predictor:
     self.query_chunk = int(query_chunk or QUERY_CHUNK)
     if self.query_chunk < 1:
       raise UserError(f"query_chunk must be at least 1, got {query_chunk}")
+    self.image_resize = image_resize or model.default_image_resize
+    if self.image_resize not in model.image_resizes:
+      raise UserError(f"image_resize={self.image_resize!r} is not a resize of {config.name}; "
+                      f"use one of {', '.join(model.image_resizes)}")
     self.params = jax.device_put(params)
     apply = lambda p, *args, method, **kw: model.apply({"params": p}, *args, method=method, **kw)
     # Per image size (cheap): uint8 -> the encoder input.
@@ -92,9 +105,10 @@ class Predictor:
     query_chunk = self.query_chunk
 
     def decode(p, embeddings, context, points, labels, masks, has_mask, input_hw, resized_hw,
-               min_iou=None):
+               min_iou=None, multimask_output=True):
       """(1, g, g, C), its decoder context, (Qb, n, 2), (Qb, n), masks (Qb, 4g, 4g) and
-      has_mask (Qb,) or both None, (2,), (2,) -> low-res (Qb, 3, 4g, 4g), iou (Qb, 3).
+      has_mask (Qb,) or both None, (2,), (2,) -> low-res (Qb, M, 4g, 4g), iou (Qb, M);
+      M = 3, or 1 without multimask_output.
       Without masks the mask-input path is not even traced (None is an empty pytree: its own
       compilation); with masks the dense prompt differs per query, so the whole decoder runs
       from the embeddings instead of the once-per-image context.
@@ -108,10 +122,10 @@ class Predictor:
         if min_iou is None:
           low, iou = apply(p, embeddings, pts, lbl, input_hw, resized_hw, mask_input=m,
                            has_mask=hm, context=None if m is not None else context,
-                           method=model.predict_masks)
+                           multimask_output=multimask_output, method=model.predict_masks)
           return low[0], iou[0]
         state, iou = apply(p, context, pts, lbl, input_hw, resized_hw,
-                           method=model.predict_tokens)
+                           multimask_output=multimask_output, method=model.predict_tokens)
         logits = lambda: apply(p, state, method=model.mask_logits)
         shape = jax.eval_shape(logits)
         low = jax.lax.cond(jnp.any(iou > min_iou), logits,
@@ -123,7 +137,7 @@ class Predictor:
                              jax.tree.map(shaped, (points, labels, masks, has_mask)))
       return low.reshape((-1,) + low.shape[2:]), iou.reshape((-1,) + iou.shape[2:])
 
-    self._decode = jax.jit(decode)
+    self._decode = jax.jit(decode, static_argnames=("multimask_output",))
     self._upscale = jax.jit(lambda low, hw, resized: model.postprocess(low, hw, resized),
                             static_argnums=(1, 2))
     self._embeddings = None
@@ -132,26 +146,33 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, path: str, model: str | None = None, dtype: str | None = None,
-                      query_chunk: int | None = None, **config_overrides):
+                      query_chunk: int | None = None, image_resize: str | None = None,
+                      **config_overrides):
     """A released .pt, a JAX parameter checkpoint or a training workdir (io.model_files;
     a finetuning workdir brings its own input size and encoder depth)."""
     loaded = model_files.load(path, model)
     config = loaded.config.replace(**config_overrides) if config_overrides else loaded.config
-    return cls(loaded.params, config, dtype=dtype, query_chunk=query_chunk)
+    return cls(loaded.params, config, dtype=dtype, query_chunk=query_chunk,
+               image_resize=image_resize)
 
   @property
   def supports_mask_input(self) -> bool:
     return self.model.supports_mask_input
 
   def set_image(self, image: np.ndarray) -> None:
-    """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image."""
+    """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image; returns when it is
+    done (JAX dispatch is asynchronous: without the wait, a timer around set_image, as the
+    bench and the demo keep, would charge the encoder to the first predict)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
       raise UserError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
                       f"{image.shape}")
     self._image_hw = image.shape[:2]
+    if self.image_resize == "pil":  # then the model's own resize finds nothing to do
+      image = images.resize_bilinear(image, *self.model.resized_hw(*image.shape[:2]))
     self._embeddings = self._encode(self.params, self._preprocess(image))
     self._decoder_context = self._context(self.params, self._embeddings)
+    jax.block_until_ready((self._embeddings, self._decoder_context))
 
   @property
   def image_embeddings(self) -> np.ndarray:
@@ -160,7 +181,7 @@ class Predictor:
     return np.asarray(self._embeddings[0], np.float32).transpose(2, 0, 1)
 
   def predict(self, points=None, labels=None, boxes=None, full_resolution: bool = True, *,
-              mask_input=None) -> dict:
+              mask_input=None, multimask_output: bool = True) -> dict:
     """Decodes queries against the current image (all in one jitted call).
 
     Args:
@@ -169,16 +190,19 @@ class Predictor:
       mask_input: SAM and MobileSAM only: (Q + Q', 4g, 4g) low-resolution logits (e.g. a
         previous prediction's best `low_res_logits`), one per query in that order.
       full_resolution: also return `logits` resized to the image.
+      multimask_output: 3 masks per query (True) or the single-mask output (mask 0).
     Returns:
-      {"low_res_logits": (Q, 3, 4g, 4g), "iou": (Q, 3), "logits": (Q, 3, H, W)} numpy.
+      {"low_res_logits": (Q, M, 4g, 4g), "iou": (Q, M), "logits": (Q, M, H, W)} numpy,
+      M = 3 or 1.
     """
     queries = Queries.from_arrays(points, labels, boxes, mask_input)
     # Point arrays keep their length (the model pads EfficientSAM's itself); boxes need 2.
     length = max(np.shape(points)[1] if points is not None else 0, 2 if boxes is not None else 0)
-    return self.predict_queries(queries, full_resolution, length)
+    return self.predict_queries(queries, full_resolution, length,
+                                multimask_output=multimask_output)
 
   def predict_queries(self, queries: Queries, full_resolution: bool = True,
-                      length: int | None = None) -> dict:
+                      length: int | None = None, multimask_output: bool = True) -> dict:
     """Decodes `Queries` (e.g. a prompts file's, `Queries.from_json`) as predict does, after
     `Queries.check_fits` (clicks inside the image, boxes on it, no point the model drops).
     length: prompt array length; default the model's `prompt_length` for these queries."""
@@ -186,7 +210,8 @@ class Predictor:
     self.check_queries(queries)
     points, labels = queries.arrays(length or self.model.prompt_length(queries.longest))
     masks, has_mask = queries.mask_arrays(4 * self.config.grid)
-    return self.predict_arrays(points, labels, full_resolution, masks, has_mask)
+    return self.predict_arrays(points, labels, full_resolution, masks, has_mask,
+                               multimask_output=multimask_output)
 
   def check_queries(self, queries: Queries, image_hw: tuple[int, int] | None = None) -> None:
     """`Queries.check_fits` for this model on an image of image_hw (default: the current
@@ -197,7 +222,8 @@ class Predictor:
 
   def predict_arrays(self, points: np.ndarray, labels: np.ndarray,
                      full_resolution: bool = True, mask_input: np.ndarray | None = None,
-                     has_mask: np.ndarray | None = None, min_iou: float | None = None) -> dict:
+                     has_mask: np.ndarray | None = None, min_iou: float | None = None,
+                     multimask_output: bool = True) -> dict:
     """Like predict, from already padded arrays: points (Q, n, 2), labels (Q, n), and for SAM
     optionally mask_input (Q, 4g, 4g) with has_mask (Q,) bool (default: every query).
 
@@ -219,7 +245,7 @@ class Predictor:
       part = slice(start, start + MAX_QUERIES_PER_CALL)
       low, iou = self._decode_call(
           points[part], labels[part], None if mask_input is None else mask_input[part],
-          None if has_mask is None else np.asarray(has_mask)[part], min_iou)
+          None if has_mask is None else np.asarray(has_mask)[part], min_iou, multimask_output)
       lows.append(low)
       ious.append(iou)
     out = {"low_res_logits": np.concatenate(lows), "iou": np.concatenate(ious)}
@@ -250,7 +276,7 @@ class Predictor:
                     f"their results ({detail}), but {gib(available)} of memory is available: "
                     f"{hint}")
 
-  def _decode_call(self, points, labels, mask_input, has_mask, min_iou):
+  def _decode_call(self, points, labels, mask_input, has_mask, min_iou, multimask_output):
     """One jitted decoder call for at most MAX_QUERIES_PER_CALL queries, padded to a bucket:
     -> low-res logits (q, 3, 4g, 4g) and iou (q, 3), numpy."""
     q = points.shape[0]
@@ -268,10 +294,8 @@ class Predictor:
     args = (self.params, self._embeddings, self._decoder_context, points, labels,
             mask_input, has_mask, np.asarray((h, w), np.int32),
             np.asarray(self.model.resized_hw(h, w), np.int32))
-    if min_iou is None:
-      low, iou = self._decode(*args)
-    else:
-      low, iou = self._decode(*args, np.float32(min_iou))
+    min_iou = None if min_iou is None else np.float32(min_iou)
+    low, iou = self._decode(*args, min_iou, multimask_output=multimask_output)
     return np.asarray(low[:q]), np.asarray(iou[:q])
 
   def upscale(self, low_res_logits) -> np.ndarray:

@@ -77,3 +77,14 @@ def read(path: str) -> np.ndarray:
   cannot be read."""
   data = paths.read_input(path, "image")
   return decode(data, path)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (height, width, 3) with PIL's bilinear filter (antialiased when
+  shrinking, rounded to whole grey levels): what segment-anything's
+  `ResizeLongestSide.apply_image` does (torchvision's resize of a PIL image), so what
+  `SamPredictor.set_image` feeds SAM's encoder."""
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+      (width, height), Image.Resampling.BILINEAR), np.uint8)

@@ -4,6 +4,8 @@ ModelConfig and flax parameters as numpy arrays) and written back in each releas
 What a path is, is told by the path alone:
 - a PyTorch file (`.pt`/`.pth`): read without torch (torch_files); the model is inferred from
   the tensors (or named); its family's tables convert it key for key.
+- a safetensors file (`.safetensors`): the same PyTorch-layout state_dict (`save_safetensors`
+  writes the release's tensor names, shapes and dtypes; the model name is in its metadata).
 - a JAX parameter checkpoint: a directory written by `save_jax` (Orbax); its metadata names
   the model and the shape settings it was saved with.
 - a training workdir: a directory with `checkpoints/`; its latest parameters, made into a
@@ -25,6 +27,7 @@ from efficientsam_jax.models import family as family_lib
 from efficientsam_jax.models import registry, state_dict
 
 TORCH_SUFFIXES = (".pt", ".pth")
+SAFETENSORS_SUFFIX = ".safetensors"
 # metadata["format"] of our parameter checkpoints. 2 records the shape settings; 1 (the model
 # name only) still loads, with the default shape.
 PARAMS_FORMAT = "efficientsam_jax.params/2"
@@ -49,6 +52,10 @@ def is_torch_path(path: str) -> bool:
   return str(path).lower().endswith(TORCH_SUFFIXES)
 
 
+def is_safetensors_path(path: str) -> bool:
+  return str(path).lower().endswith(SAFETENSORS_SUFFIX)
+
+
 def checked(config: family_lib.ModelConfig, params) -> LoadedModel:
   """The parameters rebuilt strictly as `config`'s model (every tensor present, named and
   shaped right, in the model's own order); accepts trees in our naming or an older release
@@ -59,6 +66,45 @@ def checked(config: family_lib.ModelConfig, params) -> LoadedModel:
   # as (1,) or int32; the family gives them their release shape and dtype.
   flat = f.release_dtypes(state_dict.flax_to_torch(params, conv_transpose=f.conv_transpose))
   return LoadedModel(config, f.params_from_torch(flat, config))
+
+
+def _safetensors():
+  try:
+    import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError("reading or writing .safetensors needs the safetensors package: "
+                    'pip install -e ".[onnx]"') from None
+  return safetensors.numpy
+
+
+def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """A .safetensors file's tensors (in the file's order) and its metadata."""
+  st = _safetensors()
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  try:
+    with safe_open(path, framework="numpy") as f:
+      metadata = f.metadata() or {}
+    with open(path, "rb") as f:
+      tensors = st.load(f.read())
+  except Exception as e:  # pylint: disable=broad-except
+    # safetensors raises its own SafetensorError (and OSError, ValueError) on damaged files.
+    raise UserError(f"{path}: not a readable safetensors file ({one_line(e)[:200]})") from None
+  order = metadata.get("order")
+  if order:  # the state_dict's own key order (the header's is alphabetical)
+    keys = json.loads(order)
+    if sorted(keys) == sorted(tensors):
+      tensors = {k: tensors[k] for k in keys}
+  return tensors, metadata
+
+
+def save_safetensors(path: str, model: LoadedModel) -> None:
+  """The release's state_dict (names, shapes, dtypes, bits; EfficientSAM unwrapped) as a
+  .safetensors file; the model name and the state_dict's key order go in its metadata."""
+  _refuse_existing(path)
+  state = model.family.params_to_torch(model.params)
+  metadata = {"format": "pt", "model": model.name, "order": json.dumps(list(state))}
+  _safetensors().save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path,
+                           metadata=metadata)
 
 
 def read_torch_state(path: str) -> dict[str, np.ndarray]:
@@ -133,6 +179,9 @@ def load(path: str, model: str | None = None) -> LoadedModel:
     paths.check_bucket(path)
     raise UserError(f"{path}: no such file or directory")
   try:
+    if is_safetensors_path(path):
+      state, metadata = read_safetensors(path)
+      return from_state_dict(state, model or metadata.get("model"))
     if not paths.is_dir(path):
       return load_torch(path, model)
     if checkpoints.is_training_workdir(path):
@@ -188,6 +237,8 @@ def save_jax(directory: str, model: LoadedModel, source: str = "") -> None:
 
 
 TORCH_FORMATS = ("released", "state_dict", "timm")
+# Formats for other runtimes: any accepted input, the output's kind named by the format.
+OTHER_FORMATS = ("onnx", "safetensors")
 
 
 def convert(input_path: str, output_path: str, model: str | None = None,
@@ -195,10 +246,14 @@ def convert(input_path: str, output_path: str, model: str | None = None,
   """What `python -m efficientsam_jax.convert` does: PyTorch file -> JAX checkpoint or JAX
   checkpoint / workdir -> PyTorch file (the direction from the paths). Returns the model
   name. torch_format: "released" (as the model ships), "state_dict" (bare), "timm" (the
-  image encoder alone in timm's ViT layout)."""
+  image encoder alone in timm's ViT layout); "safetensors" (the released state_dict as a
+  .safetensors file) or "onnx" (NAME_encoder.onnx and NAME_decoder.onnx in the output folder)
+  from any accepted input."""
+  if torch_format in OTHER_FORMATS:
+    return _convert_other(input_path, output_path, model, torch_format)
   if torch_format not in TORCH_FORMATS:
-    raise UserError(f"unknown torch format {torch_format!r}; use one of "
-                    f"{', '.join(TORCH_FORMATS)}")
+    raise UserError(f"unknown format {torch_format!r}; use one of "
+                    f"{', '.join(TORCH_FORMATS + OTHER_FORMATS)}")
   to_torch = is_torch_path(output_path)
   from_jax = paths.is_dir(input_path)
   if from_jax == (not to_torch):
@@ -217,4 +272,27 @@ def convert(input_path: str, output_path: str, model: str | None = None,
     save_torch(output_path, loaded, plain=torch_format == "state_dict")
   else:
     save_jax(output_path, loaded, source=input_path)
+  return loaded.name
+
+
+def _convert_other(input_path: str, output_path: str, model: str | None, fmt: str) -> str:
+  if os.path.abspath(output_path) == os.path.abspath(input_path):
+    raise UserError(f"--output is the input {input_path}; choose a new output path")
+  if fmt == "safetensors":
+    if not is_safetensors_path(output_path):
+      raise UserError("--format=safetensors writes a .safetensors file")
+    _refuse_existing(output_path)
+    _safetensors()  # a missing package is reported before the (slow) model load
+    loaded = load(input_path, model)
+    save_safetensors(output_path, loaded)
+    return loaded.name
+  if os.path.exists(output_path) and not os.path.isdir(output_path):
+    raise UserError(f"--format=onnx writes into a folder; {output_path} is a file")
+  try:
+    from efficientsam_jax.export import onnx_export  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError(f"--format=onnx needs the onnx extra ({one_line(e)}): "
+                    'pip install -e ".[onnx]"') from None
+  loaded = load(input_path, model)
+  onnx_export.export_onnx(loaded, output_path)
   return loaded.name

@@ -79,6 +79,8 @@ class EfficientSam(nn.Module):
   `encode` once per image, `predict_masks` for any number of queries against it."""
   config: ModelConfig = ModelConfig()
   supports_mask_input = False  # the release has no mask-input path
+  image_resizes = ("torch",)  # the release's forward: torch bilinear inside `preprocess`
+  default_image_resize = "torch"
 
   def setup(self):
     c = self.config

@@ -20,6 +20,8 @@ on the family (inference/predictor.py):
   predict_tokens(...) / mask_logits(state)      the same in two halves (skip upscaling)
   postprocess(low_res, input_hw, resized_hw)    low-res logits -> the original image size
   supports_mask_input                 whether predict_masks takes a mask input (SAM's)
+  image_resizes, default_image_resize how the Predictor may resize a uint8 image ("pil" on the
+                                      host, SamPredictor.set_image's; "torch" in `preprocess`)
 """
 import dataclasses
 import re

@@ -13,10 +13,12 @@ hold them. A file that does carry them is accepted when they hold SAM's constant
 dropped, so such a file does not round trip to the same key list).
 
 What SamPredictor does, reproduced here (images are (B, H, W, 3) float in 0..255):
-  1. resize the longest side to image_size: new = int(old * image_size / max(H, W) + 0.5),
-     bilinear with antialiasing (torch's `F.interpolate(..., antialias=True)`, the
-     `ResizeLongestSide.apply_image_torch` path; `apply_image` goes through PIL on uint8 and
-     rounds the result to whole grey levels);
+  1. resize the longest side to image_size: new = int(old * image_size / max(H, W) + 0.5).
+     `SamPredictor.set_image` (what scripts call) does it with `ResizeLongestSide.apply_image`:
+     PIL's bilinear on the uint8 image, rounded to whole grey levels; the Predictor does that
+     on the host (`default_image_resize = "pil"`), and `preprocess` then finds the image at
+     its size. Given a larger image, `preprocess` resizes it itself, as `set_torch_image`
+     after `apply_image_torch` (float, antialiased bilinear; "torch");
   2. normalise with mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375), zero-pad
      bottom/right to image_size x image_size, encode;
   3. points and boxes are scaled by new/old per axis; the decoder gives 256x256 logits;
@@ -96,6 +98,10 @@ class Sam(nn.Module):
   `encode` once per image, `predict_masks` for any number of queries against it."""
   config: ModelConfig = ModelConfig(name="sam_vit_h")
   supports_mask_input = True  # SamPredictor's mask_input: previous low-res logits
+  # SamPredictor.set_image resizes the uint8 image with PIL (the Predictor does that on the
+  # host); "torch" = set_torch_image's antialiased float resize inside `preprocess`.
+  image_resizes = ("pil", "torch")
+  default_image_resize = "pil"
 
   def setup(self):
     c = self.config
