@@ -176,3 +176,23 @@ def test_registry_and_argument_mistakes(checkpoint, sam):
     SamPredictor(sam).predict(point_coords=np.zeros((1, 2)), point_labels=np.ones(1))
   with pytest.raises(UserError, match="output_mode"):
     SamAutomaticMaskGenerator(sam, output_mode="png")
+
+
+def test_efficientsam_through_the_api_gives_the_release_outputs(fixtures_dir):
+  """sam_model_registry["efficientsam_vitt"] on the released-format golden file: a
+  segment-anything-style script's predict() gives the released PyTorch forward's outputs
+  (the golden fixture) for its first query."""
+  from efficientsam_jax.sam_compat import SamPredictor, sam_model_registry
+  golden = np.load(fixtures_dir / "efficient_sam_vitt_random_io.npz")
+  predictor = SamPredictor(sam_model_registry["efficientsam_vitt"](
+      checkpoint=fixtures_dir / "efficient_sam_vitt_random.pt"))
+  predictor.set_image(golden["image_uint8"])
+  logits, iou, low = predictor.predict(point_coords=golden["points"][0, 0],
+                                       point_labels=golden["labels"][0, 0], return_logits=True)
+  d_full = np.abs(logits - golden["full_res_logits_query0"]).max()
+  d_iou = np.abs(iou - golden["iou_predictions"][0, 0]).max()
+  d_low = np.abs(low - golden["low_res_logits"][0, 0]).max()
+  print(f"efficientsam_vitt via sam_compat: full-size {d_full:.1e}, iou {d_iou:.1e}, "
+        f"low-res {d_low:.1e}")
+  assert logits.shape == (3, 603, 1072) and iou.shape == (3,) and low.shape == (3, 256, 256)
+  assert d_full < 1e-3 and d_iou < 1e-4 and d_low < 1e-4
