@@ -125,12 +125,25 @@ class Predictor:
 
   def set_image(self, image: np.ndarray) -> None:
     """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-      raise UserError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
-                      f"{image.shape}")
-    self._image_hw = image.shape[:2]
-    self._embeddings = self._encode(self.params, self._preprocess(image))
+    self.use_embedding(self.embed_images([image])[0])
+
+  def embed_images(self, images) -> list:
+    """Embeds (H, W, 3) uint8 RGB images (any sizes) in one encoder call; returns one opaque
+    state per image for `use_embedding`. The encoder compiles once per number of images."""
+    batch = []
+    for image in images:
+      image = np.asarray(image)
+      if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise UserError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
+                        f"{image.shape}")
+      batch.append(image)
+    embeddings = self._encode(self.params,
+                              jnp.concatenate([self._preprocess(image) for image in batch]))
+    return [(image.shape[:2], embeddings[i:i + 1]) for i, image in enumerate(batch)]
+
+  def use_embedding(self, state) -> None:
+    """Makes an image embedded by `embed_images` the current one (as set_image would)."""
+    self._image_hw, self._embeddings = state
     self._decoder_context = self._context(self.params, self._embeddings)
 
   @property
