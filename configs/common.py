@@ -91,6 +91,10 @@ def run_settings(c: ml_collections.ConfigDict) -> None:
   c.init_from = config_dict.placeholder(str)
   c.nonfinite_policy = "stop"  # or "skip": a non-finite step leaves the state untouched
   c.compile_only = False  # compile the step from shapes, print memory/FLOPs, exit
+  # Held-out evaluation (trainers with one add their own fields): every N steps and at the end
+  # (0: never), logged as eval/NAME; the parameters with the best `best_metric` ("": none
+  # kept) by `best_mode` ("max" | "min") are kept in WORKDIR/best/.
+  c.eval = dict(every=0, best_metric="", best_mode="max")
 
 
 def adamw(*, lr=None, base_lr=None, b1=0.9, b2=0.999, weight_decay=0.05, warmup_steps=0,

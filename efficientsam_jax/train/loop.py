@@ -24,7 +24,7 @@ from absl import logging
 from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import checkpoints as checkpoints_lib
-from efficientsam_jax.train import optim, runtime, sharding
+from efficientsam_jax.train import eval_schedule, optim, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
 
 
@@ -69,6 +69,14 @@ class Task(abc.ABC):
   def load_teacher(self, abstract_teacher):
     """The teacher's arrays, placed as `abstract_teacher` says; None without a teacher."""
     del abstract_teacher
+    return None
+
+  def evaluate(self, params, teacher, step: int) -> dict | None:
+    """Held-out metrics of `params` ({name: float}), or None when the task has none. The loop
+    calls it on every process at the same steps (every `config.eval.every` steps and at the
+    end); it must return the same dict on all of them. Logged as `eval/NAME`;
+    `config.eval.best_metric` names the one whose best value keeps a checkpoint."""
+    del params, teacher, step
     return None
 
   def init_from_params(self, abstract_params):
@@ -250,13 +258,14 @@ def train(config, workdir: str, task: Task) -> dict:
   step_fn = setup.jitted_step()
 
   # --- Loop --------------------------------------------------------------------------------
+  evaluation = eval_schedule.EvalSchedule(config, workdir)
   writer = MetricWriter(workdir, config.total_steps, resumed_step=start_step)
   preemption = runtime.PreemptionWatch()
   pending = None  # (step, device metrics): fetched one step late so the device never waits
   last_record, counters = {}, {"skipped_images": 0, "skipped_updates": 0}
   compile_start = time.perf_counter()
 
-  def finish(step, metrics):
+  def finish(step, metrics, evaluated=None):
     nonlocal last_record
     host = jax.device_get(metrics)
     if not (np.isfinite(host["loss"]) and np.isfinite(host["param_norm"])):
@@ -265,8 +274,9 @@ def train(config, workdir: str, task: Task) -> dict:
           " holds the last good state (set nonfinite_policy=skip to skip such updates)")
     counters["skipped_images"] += config.batch_size - int(host.pop("valid_images"))
     counters["skipped_updates"] += int(host.pop("skipped_update", 0))
-    if step % config.log_every == 0 or step == config.total_steps:
-      last_record = writer.write(step, {**host, **counters})
+    if step % config.log_every == 0 or step == config.total_steps or evaluated:
+      extra = {f"eval/{k}": v for k, v in (evaluated or {}).items()}
+      last_record = writer.write(step, {**host, **counters, **extra})
 
   try:
     with jax.set_mesh(mesh):
@@ -283,9 +293,15 @@ def train(config, workdir: str, task: Task) -> dict:
           finish(*pending)
         pending = (step + 1, metrics)
         done = step + 1
+        if evaluation.due(done):
+          scores = task.evaluate(params, teacher, done)
+          finish(*pending, evaluated=scores)  # the step's record carries the scores
+          pending = None
+          evaluation.keep_if_best(done, params, scores)
         preempted = preemption.reached(done)
         if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
-          finish(*pending)  # never checkpoint a state whose loss was not checked
+          if pending is not None:
+            finish(*pending)  # never checkpoint a state whose loss was not checked
           pending = None
           checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
         if preempted:
@@ -298,5 +314,7 @@ def train(config, workdir: str, task: Task) -> dict:
   finally:
     preemption.close()
     checkpoints.close()
+    evaluation.close()
     writer.close()
   return last_record
+
