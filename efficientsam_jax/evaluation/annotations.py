@@ -105,16 +105,20 @@ def parse(data, path: str) -> GroundTruth:
                      skipped)
 
 
-def load(path: str) -> GroundTruth:
-  """Reads and checks a COCO or LVIS v1 instances file."""
+def read_json(path: str, what: str):
+  """The parsed JSON file at `path`; UserError naming it (`what`: "annotations", ...)."""
   try:
     with open(path) as f:
-      data = json.load(f)
+      return json.load(f)
   except FileNotFoundError:
-    raise UserError(f"{path}: no such annotations file") from None
+    raise UserError(f"{path}: no such {what} file") from None
   except (OSError, ValueError, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not a readable JSON file ({e})") from None
-  return parse(data, path)
+
+
+def load(path: str) -> GroundTruth:
+  """Reads and checks a COCO or LVIS v1 instances file."""
+  return parse(read_json(path, "annotations"), path)
 
 
 def find_image(images_dir: str, record: ImageRecord) -> str | None:

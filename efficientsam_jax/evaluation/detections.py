@@ -39,13 +39,7 @@ def _number(value) -> bool:
 
 def load(path: str, image_ids) -> tuple[dict[int, list], int]:
   """A COCO results file -> ({image id: [detection, ...]}, number of malformed detections)."""
-  try:
-    with open(path) as f:
-      data = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path}: no such detections file") from None
-  except (OSError, ValueError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: not a readable JSON file ({e})") from None
+  data = annotations.read_json(path, "detections")
   if not isinstance(data, list):
     raise UserError(f"{path}: not a COCO results list ([{{image_id, category_id, bbox, "
                     "score}}, ...])")
