@@ -114,6 +114,8 @@ class BestCheckpoint:
     if jax.process_index() == 0:
       with open(os.path.join(self.directory, "config.json"), "w") as f:
         f.write(self._config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    if step in self.manager.all_steps():  # a resumed run beat, at the same step, what it
+      self.manager.delete(step)  # kept before the kill; Orbax never overwrites a step
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         best=ocp.args.JsonSave({"step": int(step), "metric": metric, "value": float(value)})),

@@ -317,4 +317,3 @@ def train(config, workdir: str, task: Task) -> dict:
     evaluation.close()
     writer.close()
   return last_record
-
