@@ -10,6 +10,7 @@ from absl import logging
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import checkpoints as checkpoints_lib
 
+
 class EvalSchedule:
   """When the loop evaluates (`config.eval.every` steps and the last step; 0: never) and the
   best checkpoint: WORKDIR/best/ keeps the parameters of the step with the best
