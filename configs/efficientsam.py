@@ -56,6 +56,11 @@ def get_config(arg=None):
   # init_from: a SAMI workdir (its encoder), a released EfficientSAM .pt, a JAX checkpoint or
   # a finetuning workdir; unset: fresh weights.
   common.run_settings(c)
+  # Held-out mIoU during training: a COCO-format set (images folder + instances JSON), the
+  # `evaluate` protocols (box, pointN), on at most max_images images (0: all). The demo sets
+  # the images and annotations to its own held-out split.
+  c.eval.update(images="", annotations="", protocols="box,point1", max_images=0,
+                best_metric="box_miou")
 
   if v["demo"] and not v["smoke"]:
     # Generated SA-1B-format shapes written into WORKDIR/demo_data (train + held-out val
@@ -74,6 +79,7 @@ def get_config(arg=None):
     c.optimizer.update(lr=1e-3, warmup_steps=100)
     c.log_every = 25
     c.checkpoint_every = 900
+    c.eval.every = 300
   if v["smoke"]:
     # The released architecture (12 blocks), so a smoke workdir converts to the .pt format;
     # both prompt kinds and one correction round: every code path in seconds.
@@ -86,4 +92,5 @@ def get_config(arg=None):
     c.optimizer.update(lr=1e-3, warmup_steps=2)
     c.log_every = 1
     c.checkpoint_every = 5
+    c.eval.every = 10
   return c

@@ -52,6 +52,10 @@ def get_config(arg=None):
   # init_from: a model whose image encoder fits the student (mobile_sam.pt for TinyViT, an
   # EfficientSAM .pt or a SAMI workdir for a ViT); unset: fresh weights.
   common.run_settings(c)
+  # Held-out MSE between student and teacher features (`eval/mse`) on a folder of images
+  # (eval.path; at most num_images, 0: all) in a fixed view; the lowest keeps WORKDIR/best/.
+  c.eval.update(source="folder", path="", num_images=0, demo_seed=1, best_metric="mse",
+                best_mode="min")
 
   if v["demo"] or v["smoke"]:
     # Built-in images at 64 px (a 4x4 embedding grid), the tiny fixed-seed SAM teacher, a
@@ -61,6 +65,8 @@ def get_config(arg=None):
                           total_steps=300, lr=1e-3)
     if c.student.kind == "vit":
       c.student.overrides = {"depth": 4}
+    # Held-out: 16 generated images of another seed than the training ones.
+    c.eval.update(every=100, source="demo", num_images=16)
   if v["smoke"]:
     # demo shrunk for tests and CI: seconds per run, same code paths.
     c.data.update(image_size=32, num_demo_images=32)
@@ -68,4 +74,5 @@ def get_config(arg=None):
     c.optimizer.update(lr=2e-3, warmup_steps=5)
     c.log_every = 1
     c.checkpoint_every = 10
+    c.eval.update(every=10, num_images=8)
   return c

@@ -42,6 +42,10 @@ def get_config(arg=None):
   c.optimizer = common.adamw(base_lr=1.5e-4, b2=0.95, weight_decay=0.05,
                              warmup_steps=40 * steps_per_epoch)
   common.run_settings(c)
+  # Held-out MSE between student and teacher features (`eval/mse`) on a folder of images
+  # (eval.path; at most num_images, 0: all) in a fixed view; the lowest keeps WORKDIR/best/.
+  c.eval.update(source="folder", path="", num_images=0, demo_seed=1, best_metric="mse",
+                best_mode="min")
 
   if v["demo"] or v["smoke"]:
     # Same recipe, shrunk: generated images, a tiny fixed-seed teacher, a shallow student of

@@ -54,6 +54,17 @@ def test_distillation_loss_falls_and_the_student_is_a_mobile_sam_encoder(distill
   np.testing.assert_array_equal(got, want.T)
 
 
+def test_held_out_embedding_mse_is_logged_and_the_lowest_kept(distill_run):
+  with open(os.path.join(distill_run, "metrics.jsonl")) as f:
+    evaluated = {r["step"]: r["eval/mse"] for r in map(json.loads, f) if "eval/mse" in r}
+  assert sorted(evaluated) == [10, 20]  # config.eval.every=10 in :smoke
+  assert all(np.isfinite(v) and v > 0 for v in evaluated.values())
+  best = min(sorted(evaluated), key=evaluated.get)
+  assert os.listdir(os.path.join(distill_run, "best", "checkpoints")) == [str(best)]
+  # The kept parameters are a workdir of their own: tools read them as the run's model.
+  assert model_files.load(os.path.join(distill_run, "best")).name == "mobile_sam"
+
+
 def test_mobile_sam_takes_the_decoder_of_a_whole_sam_teacher(monkeypatch, distill_run,
                                                               tmp_path):
   encoder = checkpoints.latest_workdir_params(distill_run)["image_encoder"]

@@ -43,6 +43,25 @@ def test_smoke_finetuning_loss_falls(reference):
   assert os.path.exists(os.path.join(reference, "demo_data", "val", "instances.json"))
 
 
+def _evaluations(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r for r in map(json.loads, f) if "eval/box_miou" in r}
+
+
+def test_held_out_miou_is_logged_and_the_best_checkpoint_kept(reference):
+  evaluated = _evaluations(reference)
+  assert sorted(evaluated) == [10, 20]  # config.eval.every=10 in :smoke
+  for record in evaluated.values():
+    assert 0 <= record["eval/box_miou"] <= 1 and 0 <= record["eval/point1_miou"] <= 1
+  best = max(sorted(evaluated), key=lambda s: evaluated[s]["eval/box_miou"])  # ties: earlier
+  assert os.listdir(os.path.join(reference, "best", "checkpoints")) == [str(best)]
+  with open(os.path.join(reference, "best", "checkpoints", str(best), "best",
+                         "metadata")) as f:
+    kept = json.load(f)
+  assert kept == {"step": best, "metric": "box_miou",
+                  "value": evaluated[best]["eval/box_miou"]}
+
+
 def test_sigkill_then_restart_gives_the_uninterrupted_losses(reference, tmp_path, cache):
   workdir = str(tmp_path)
   proc = popen(workdir, config=FT_SMOKE, **cache)
@@ -93,19 +112,24 @@ def test_workdir_converts_to_the_released_format_and_predicts_like_the_jax_model
   np.testing.assert_allclose(got["logits"], np.asarray(logits[0]), atol=1e-3)
 
 
-def test_evaluate_cli_on_the_held_out_demo_split(reference, tmp_path):
+def test_evaluate_cli_on_the_best_checkpoint_gives_the_logged_miou(reference, tmp_path):
   val = os.path.join(reference, "demo_data", "val")
   result_path = tmp_path / "result.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "efficientsam_jax.evaluate", f"--checkpoint={reference}",
-       f"--images={val}", f"--annotations={val}/instances.json", "--prompt=point1",
+      [sys.executable, "-m", "efficientsam_jax.evaluate",
+       f"--checkpoint={os.path.join(reference, 'best')}", f"--images={val}",
+       f"--annotations={val}/instances.json", "--prompt=box,point1",
        f"--output={result_path}"], env=env(1), cwd=REPO, capture_output=True, text=True,
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   with open(os.path.join(val, "instances.json")) as f:
     count = len(json.load(f)["annotations"])
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert result["count"] == count and 0.0 <= result["miou"] <= 1.0
+  assert result["box"]["count"] == result["point1"]["count"] == count
+  best = int(os.listdir(os.path.join(reference, "best", "checkpoints"))[0])
+  logged = _evaluations(reference)[best]
+  assert result["box"]["miou"] == pytest.approx(logged["eval/box_miou"], abs=1e-6)
+  assert result["point1"]["miou"] == pytest.approx(logged["eval/point1_miou"], abs=1e-6)
   assert json.loads(result_path.read_text()) == result
   assert "images" in proc.stderr  # progress
   bad = subprocess.run(
@@ -114,54 +138,6 @@ def test_evaluate_cli_on_the_held_out_demo_split(reference, tmp_path):
       capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr  # a user mistake: exit 2
   assert "/nonexistent.json" in bad.stderr.strip().splitlines()[-1]
-
-
-class _OraclePredictor:
-  """Answers each query with ground truth (optionally shifted): candidate 2 is the best."""
-
-  def __init__(self, masks_by_size, shift=0):
-    self.masks_by_size, self.shift = masks_by_size, shift
-
-  def set_image(self, image):
-    self.masks = self.masks_by_size[image.shape[:2]]
-
-  def predict_arrays(self, points, labels, full_resolution=True):
-    q = len(points)
-    low = np.broadcast_to(np.arange(q, dtype=np.float32)[:, None, None, None], (q, 3, 1, 1))
-    return {"low_res_logits": low, "iou": np.tile([[0.1, 0.2, 0.9]], (q, 1))}
-
-  def upscale(self, low):
-    out = [np.roll(self.masks[int(i)], self.shift, axis=1)[None] * 2.0 - 1 for i in low[:, 0, 0, 0]]
-    return np.stack(out)
-
-
-def test_evaluate_miou_of_an_oracle_and_of_a_shifted_oracle(tmp_path):
-  from efficientsam_jax.evaluation import coco as evaluate
-  from efficientsam_jax.data import segmentation
-  from pycocotools import mask as mask_utils
-  mask = np.zeros((40, 60), bool)
-  mask[10:20, 10:30] = True  # 10 x 20
-  os.makedirs(tmp_path / "img")
-  (tmp_path / "img" / "a.jpg").write_bytes(segmentation.encode_jpeg(np.zeros((40, 60, 3),
-                                                                             np.uint8)))
-  rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-  coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
-          "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, "category_id": 1,
-                           "segmentation": {"size": [40, 60],
-                                            "counts": rle["counts"].decode()}}]}
-  for prompt in evaluate.PROMPTS:
-    result = evaluate.evaluate_miou(_OraclePredictor({(40, 60): [mask]}), str(tmp_path / "img"),
-                                    coco, prompt)
-    assert result == {"miou": 1.0, "count": 1}
-  # Shifted right by 5 px: intersection 10 x 15, union 10 x 25.
-  result = evaluate.evaluate_miou(_OraclePredictor({(40, 60): [mask]}, shift=5),
-                                  str(tmp_path / "img"), coco, "box")
-  assert result["miou"] == pytest.approx(150 / 250)
-  points, labels = evaluate.mask_prompts([mask], "point3", np.random.default_rng(0))
-  assert points.shape == (1, 3, 2) and mask[points[0, :, 1].astype(int),
-                                            points[0, :, 0].astype(int)].all()
-  points, labels = evaluate.mask_prompts([mask], "box", None)
-  np.testing.assert_array_equal(points[0], [[10, 10], [29, 19]])
 
 
 def _sami_workdir(path, depth=12):
@@ -240,31 +216,3 @@ def test_init_from_a_sami_workdir_takes_its_encoder(sami_workdir, tmp_path):
   config.model.size = "vits"
   with pytest.raises(UserError, match="efficientsam_vitt"):
     efficientsam.EfficientSamTask(config).init_from_params(None)
-
-
-def test_detections_prompt_the_model_and_give_coco_mask_ap(tmp_path):
-  from efficientsam_jax.evaluation import coco as evaluate
-  from efficientsam_jax.data import segmentation
-  from pycocotools import mask as mask_utils
-  masks = [np.zeros((40, 60), bool) for _ in range(2)]
-  masks[0][5:20, 5:25] = True
-  masks[1][22:38, 30:55] = True
-  os.makedirs(tmp_path / "img")
-  (tmp_path / "img" / "a.jpg").write_bytes(segmentation.encode_jpeg(np.zeros((40, 60, 3),
-                                                                             np.uint8)))
-  anns, dets = [], []
-  for i, mask in enumerate(masks):
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    anns.append({"id": i + 1, "image_id": 1, "iscrowd": 0, "category_id": 1, "bbox": bbox,
-                 "area": float(mask.sum()), "segmentation": {
-                     "size": [40, 60], "counts": rle["counts"].decode()}})
-    dets.append({"image_id": 1, "category_id": 1, "bbox": bbox, "score": 0.9})
-  coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
-          "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
-  (tmp_path / "gt.json").write_text(json.dumps(coco))
-  (tmp_path / "dets.json").write_text(json.dumps(dets))
-  result = evaluate.evaluate_detections(_OraclePredictor({(40, 60): masks}),
-                                        str(tmp_path / "img"), str(tmp_path / "gt.json"), coco,
-                                        str(tmp_path / "dets.json"))
-  assert result["count"] == 2 and result["ap"] == pytest.approx(1.0)

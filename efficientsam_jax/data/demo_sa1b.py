@@ -113,10 +113,30 @@ def write_split(directory: str, seed: int, first: int, count: int, size: int) ->
     paths.write(paths.join(directory, name + ".json"), json.dumps(record))
 
 
+def stand_in_detections(coco: dict, seed: int = 0, jitter: float = 0.1) -> list[dict]:
+  """A stand-in detector for the demo's held-out images (no detector is trained here): every
+  ground-truth box with each side moved by noise of std `jitter` x the box's side, scored by
+  its IoU with the true box (a detector's confidence tracks its box quality). COCO results
+  format: [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]."""
+  rng = np.random.default_rng([seed, 18])
+  out = []
+  for ann in coco["annotations"]:
+    x, y, w, h = ann["bbox"]
+    x0, y0, x1, y1 = np.array([x, y, x + w, y + h]) + rng.normal(0, jitter, 4) * [w, h, w, h]
+    x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+    inter = (max(0.0, min(x1, x + w) - max(x0, x)) * max(0.0, min(y1, y + h) - max(y0, y)))
+    union = w * h + (x1 - x0) * (y1 - y0) - inter
+    out.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "score": round(float(inter / union), 4) if union > 0 else 0.0})
+  return out
+
+
 def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
                         seed: int = 0) -> tuple[str, str, str]:
-  """Writes (once) root/train, root/val in the SA-1B layout and root/val/instances.json (COCO,
-  for `evaluate`). Returns (train dir, val dir, val COCO json). A `done` marker written last
+  """Writes (once) root/train, root/val in the SA-1B layout, root/val/instances.json (COCO,
+  for `evaluate`) and root/val/detections.json (`stand_in_detections`, for `evaluate
+  --detections`). Returns (train dir, val dir, val COCO json). A `done` marker written last
   means a run killed mid-write rewrites the set instead of training on half of it. Every
   file is replaced atomically: the processes of one job all write the same bytes here, and
   one may read a file while another rewrites it."""
@@ -124,11 +144,17 @@ def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
   coco_json = paths.join(val, "instances.json")
   marker = paths.join(root, "done")
   expected = f"{seed} {num_train} {num_val} {size}"
+  detections = paths.join(val, "detections.json")
   if paths.exists(marker) and paths.read_text(marker).strip() == expected:
+    if not paths.exists(detections):  # a set written before detections existed
+      paths.write(detections, json.dumps(
+          stand_in_detections(json.loads(paths.read_text(coco_json)), seed)))
     return train, val, coco_json
   write_split(train, seed, 0, num_train, size)
   # Held-out images: indices after the training ones, never trained on.
   write_split(val, seed, num_train, num_val, size)
-  paths.write(coco_json, json.dumps(segmentation.sa1b_to_coco(val)))
+  coco = segmentation.sa1b_to_coco(val)
+  paths.write(coco_json, json.dumps(coco))
+  paths.write(detections, json.dumps(stand_in_detections(coco, seed)))
   paths.write(marker, expected + "\n")
   return train, val, coco_json

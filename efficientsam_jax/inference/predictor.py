@@ -32,7 +32,8 @@ import numpy as np
 
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.inference.queries import Queries
-from efficientsam_jax.io import images, model_files
+from efficientsam_jax.io import images as images_lib
+from efficientsam_jax.io import model_files
 from efficientsam_jax.models import precision, registry
 from efficientsam_jax.models import prompt_encoder as pe
 from efficientsam_jax.models.family import ModelConfig
@@ -163,14 +164,28 @@ class Predictor:
     """Computes and keeps the embedding of an (H, W, 3) uint8 RGB image; returns when it is
     done (JAX dispatch is asynchronous: without the wait, a timer around set_image, as the
     bench and the demo keep, would charge the encoder to the first predict)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-      raise UserError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
-                      f"{image.shape}")
-    self._image_hw = image.shape[:2]
-    if self.image_resize == "pil":  # then the model's own resize finds nothing to do
-      image = images.resize_bilinear(image, *self.model.resized_hw(*image.shape[:2]))
-    self._embeddings = self._encode(self.params, self._preprocess(image))
+    self.use_embedding(self.embed_images([image])[0])
+
+  def embed_images(self, images) -> list:
+    """Embeds (H, W, 3) uint8 RGB images (any sizes) in one encoder call; returns one opaque
+    state per image for `use_embedding`. The encoder compiles once per number of images."""
+    batch, sizes = [], []
+    for image in images:
+      image = np.asarray(image)
+      if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise UserError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} "
+                        f"{image.shape}")
+      sizes.append(image.shape[:2])
+      if self.image_resize == "pil":  # then the model's own resize finds nothing to do
+        image = images_lib.resize_bilinear(image, *self.model.resized_hw(*image.shape[:2]))
+      batch.append(self._preprocess(image))
+    embeddings = self._encode(self.params, jnp.concatenate(batch))
+    return [(hw, embeddings[i:i + 1]) for i, hw in enumerate(sizes)]
+
+  def use_embedding(self, state) -> None:
+    """Makes an image embedded by `embed_images` the current one (as set_image would), once
+    its embedding and decoder context are computed."""
+    self._image_hw, self._embeddings = state
     self._decoder_context = self._context(self.params, self._embeddings)
     jax.block_until_ready((self._embeddings, self._decoder_context))
 

@@ -11,6 +11,8 @@ Two kinds of checkpoint:
   into `WORKDIR/checkpoints_damaged/` (never deleted) and the newest intact one restored.
   A failed save (a full disk, a lost bucket) is a one-line UserError naming the last
   complete checkpoint. A teacher is never saved.
+- The best checkpoint of a run (`WORKDIR/best/`, `BestCheckpoint`): the parameters of the step
+  with the best evaluation metric so far, laid out as a workdir of its own.
 - Parameter checkpoints (what `convert` writes): a directory with items `params` and
   `metadata` (JSON: model name, format version, anything the writer adds). Written whole or
   not at all: on a failure what Orbax had written is removed (it did not exist before).
@@ -27,6 +29,7 @@ from efficientsam_jax.io import paths
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "checkpoints_damaged"
+BEST_SUBDIR = "best"  # beside checkpoints/: the best parameters by an evaluation metric
 
 
 def _host_target(item_directory: str):
@@ -175,6 +178,50 @@ class TrainCheckpoints:
       raise error from None
     self.manager.close()
     self.manager = None
+
+
+class BestCheckpoint:
+  """WORKDIR/best/: the parameters of one step, the best by a metric so far, laid out as a
+  workdir of their own (`config.json` and `checkpoints/<step>/` with `params` and `best`, a
+  JSON item {"step", "metric", "value"}), so every tool that reads a workdir reads it. Saving
+  a new best replaces the old one (Orbax keeps 1)."""
+
+  def __init__(self, workdir: str, config, async_save: bool = True):
+    self.directory = paths.join(paths.absolute(workdir), BEST_SUBDIR)
+    self._config = config
+    self.manager = ocp.CheckpointManager(
+        paths.join(self.directory, CHECKPOINTS_SUBDIR),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True))
+    self._value = None
+    step = self.manager.latest_step()
+    if step is not None:  # a resumed run compares with what an earlier run kept
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          best=ocp.args.JsonRestore()))
+      self._value = float(restored["best"]["value"])
+
+  def value(self) -> float | None:
+    """The kept metric value, None before the first."""
+    return self._value
+
+  def save(self, step: int, params, metric: str, value: float) -> None:
+    self._value = float(value)
+    if jax.process_index() == 0:
+      paths.write(paths.join(self.directory, "config.json"),
+                  self._config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    if step in self.manager.all_steps():  # a resumed run beat, at the same step, what it
+      self.manager.delete(step)  # kept before the kill; Orbax never overwrites a step
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        best=ocp.args.JsonSave({"step": int(step), "metric": metric, "value": float(value)})),
+        force=True)
+
+  def close(self) -> None:
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None
 
 
 def is_training_workdir(path: str) -> bool:

@@ -28,7 +28,7 @@ from efficientsam_jax import data
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import checkpoints as checkpoints_lib
 from efficientsam_jax.io import paths
-from efficientsam_jax.train import optim, precheck, runtime, sharding
+from efficientsam_jax.train import eval_schedule, optim, precheck, runtime, sharding
 from efficientsam_jax.train.metrics import MetricWriter
 
 # A run whose first this many batches hold no readable example stops (UserError): a folder of
@@ -79,6 +79,14 @@ class Task(abc.ABC):
   def load_teacher(self, abstract_teacher):
     """The teacher's arrays, placed as `abstract_teacher` says; None without a teacher."""
     del abstract_teacher
+    return None
+
+  def evaluate(self, params, teacher, step: int) -> dict | None:
+    """Held-out metrics of `params` ({name: float}), or None when the task has none. The loop
+    calls it on every process at the same steps (every `config.eval.every` steps and at the
+    end); it must return the same dict on all of them. Logged as `eval/NAME`;
+    `config.eval.best_metric` names the one whose best value keeps a checkpoint."""
+    del params, teacher, step
     return None
 
   def init_from_params(self, abstract_params):
@@ -263,6 +271,7 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
   logging.info("train step compiled in %.1fs", time.perf_counter() - compile_start)
 
   # --- Loop --------------------------------------------------------------------------------
+  evaluation = eval_schedule.EvalSchedule(config, workdir)
   writer = MetricWriter(workdir, config.total_steps, resumed_step=start_step)
   # Every process compiled alone; they meet here, at a barrier of the job's coordination
   # service (no time limit that matters), so that they reach the first step's collectives
@@ -274,7 +283,7 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
   last_record, counters = {}, {"skipped_images": 0, "skipped_updates": 0}
   blank_batches = 0  # batches without one readable example, until the first that has one
 
-  def finish(step, metrics):
+  def finish(step, metrics, evaluated=None):
     nonlocal last_record, blank_batches
     host = jax.device_get(metrics)
     if not (np.isfinite(host["loss"]) and np.isfinite(host["param_norm"])):
@@ -288,12 +297,14 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
         raise _blank_data_error(blank_batches, config)
     counters["skipped_images"] += config.batch_size - valid
     counters["skipped_updates"] += int(host.pop("skipped_update", 0))
-    if step % config.log_every == 0 or step == config.total_steps:
-      last_record = writer.write(step, {**host, **counters})
+    if step % config.log_every == 0 or step == config.total_steps or evaluated:
+      extra = {f"eval/{k}": v for k, v in (evaluated or {}).items()}
+      last_record = writer.write(step, {**host, **counters, **extra})
 
   def close_all():
     with contextlib.ExitStack() as stack:  # each closed even when another fails
       stack.callback(writer.close)
+      stack.callback(evaluation.close)
       stack.callback(checkpoints.close)
 
   try:
@@ -309,9 +320,15 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
           finish(*pending)
         pending = (step + 1, metrics)
         done = step + 1
+        if evaluation.due(done):
+          scores = task.evaluate(params, teacher, done)
+          finish(*pending, evaluated=scores)  # the step's record carries the scores
+          pending = None
+          evaluation.keep_if_best(done, params, scores)
         preempted = preemption.reached(done)
         if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
-          finish(*pending)  # never checkpoint a state whose loss was not checked
+          if pending is not None:
+            finish(*pending)  # never checkpoint a state whose loss was not checked
           pending = None
           if blank_batches > 0:  # nothing readable yet: nothing worth keeping
             raise _blank_data_error(blank_batches, config)

@@ -202,3 +202,12 @@ def replicated_digest(tree) -> str:
     if leaf.is_fully_replicated:
       digest.update(np.asarray(leaf.addressable_shards[0].data).tobytes())
   return digest.hexdigest()[:16]
+
+
+def host_copy(tree):
+  """A numpy copy of a tree of (possibly sharded, multi-process) jax.Arrays, whole on every
+  process (an allgather across processes; every process must call it)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -62,6 +62,24 @@ class EfficientSamTask(loop.Task):
     super().__init__(config)
     self.model_config = model_config(config.model)
     self.model = efficient_sam.EfficientSam(self.model_config)
+    self._held_out = self._check_eval(config.get("eval") or {})
+    self._predictor = None
+
+  @staticmethod
+  def _check_eval(e):
+    """(ground truth, protocol names) of config.eval, read now (mistakes before compiling);
+    None when the run does not evaluate."""
+    if not e.get("every"):
+      return None
+    from efficientsam_jax.evaluation import annotations, protocols  # pycocotools: only here
+    if not e.get("images") or not e.get("annotations"):
+      raise UserError("config.eval.every needs config.eval.images and config.eval.annotations "
+                      "(a held-out COCO-format set)")
+    names = protocols.parse_protocols(e.get("protocols") or "box")
+    gt = annotations.load(e.annotations)
+    if e.get("max_images"):
+      gt.images = gt.images[:int(e.max_images)]
+    return gt, names
 
   def init_params(self, rng):
     return self.model.init(rng, *efficient_sam.FAMILY.init_args(self.model_config),
@@ -93,6 +111,26 @@ class EfficientSamTask(loop.Task):
                       f"{self.config.model.size}")
     logging.info("initialised from %s (%s)", path, loaded.name)
     return loaded.params
+
+  def evaluate(self, params, teacher, step):
+    """mIoU of each config.eval protocol on the held-out set (`NAME_miou`), as `evaluate`
+    computes it; the processes share the images."""
+    del teacher, step
+    if self._held_out is None:
+      return None
+    from efficientsam_jax.evaluation import runner  # pylint: disable=import-outside-toplevel
+    from efficientsam_jax.inference import Predictor  # pylint: disable=import-outside-toplevel
+    host = runtime.host_copy(params)
+    if self._predictor is None:  # compiled once; later evaluations swap the parameters in
+      self._predictor = Predictor(host, self.model_config.replace(remat=False))
+    else:
+      self._predictor.params = jax.device_put(host)
+    gt, names = self._held_out
+    result, _ = runner.evaluate(self._predictor, gt, self.config.eval.images, names,
+                                show_progress=False, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    sections = result if len(names) > 1 else {names[0]: result}
+    return {f"{name}_miou": sections[name]["miou"] for name in names}
 
   def loss_fn(self, params, teacher, batch, step):
     """Loss of one batch (see batch_spec); metrics of the first and the last prompt round."""
@@ -145,6 +183,8 @@ def with_demo_data(config, workdir: str):
   logging.info("demo data: train %s; held-out %s with %s", train_dir, val_dir, coco)
   config = config.copy_and_resolve_references()
   config.data.update(source="sa1b", path=train_dir)
+  if config.get("eval") and not config.eval.get("annotations"):  # held-out mIoU on its split
+    config.eval.update(images=val_dir, annotations=coco)
   return config, val_dir
 
 
@@ -160,5 +200,5 @@ def train(config, workdir: str) -> dict:
   if val_dir and not config.compile_only and jax.process_index() == 0:
     print(f"held-out demo images: python -m efficientsam_jax.evaluate --checkpoint={workdir} "
           f"--images={val_dir} --annotations={paths.join(val_dir, 'instances.json')} "
-          "--prompt=box")
+          f"--prompt=box,point1,point3 --detections={paths.join(val_dir, 'detections.json')}")
   return record

@@ -17,8 +17,11 @@ model, loss and data).
 """
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from efficientsam_jax import data
+from efficientsam_jax.data import transforms
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import model_files
 from efficientsam_jax.models import precision, tiny_vit, vit
@@ -26,7 +29,7 @@ from efficientsam_jax.tasks.sami import loss as sami_losses
 from efficientsam_jax.tasks.sami import masking
 from efficientsam_jax.tasks.sami import student as sami_model
 from efficientsam_jax.tasks.sami.teacher import Teacher, feature_dim
-from efficientsam_jax.train import config_checks, loop
+from efficientsam_jax.train import config_checks, loop, sharding
 
 STUDENT_KINDS = ("vit", "tiny_vit")
 
@@ -108,6 +111,8 @@ class SamiTask(loop.Task):
     self.grid = config.data.image_size // self.teacher.encoder_config.patch_size
     self.num_tokens = self.grid ** 2
     self.keep = masking.num_kept(self.num_tokens, config.mask_ratio)
+    self._held_out = self._held_out_batches()
+    self._eval_step = None
 
   def init_params(self, rng):
     size = self.config.data.image_size
@@ -158,6 +163,63 @@ class SamiTask(loop.Task):
     """Reconstruction loss of one batch: images (B, S, S, 3), valid (B,), and with a cache
     target (B, S/16, S/16, C) bfloat16."""
     loss_cfg = self.config.loss
+    pred, target, masked, valid = self._outputs(params, teacher_params, batch, step)
+    loss = sami_losses.reconstruction_loss(
+        pred, target, masked, valid, kind=loss_cfg.kind, masked_only=loss_cfg.masked_only,
+        normalise_target=loss_cfg.normalise_target)
+    return loss, {"valid_images": jnp.sum(valid)}
+
+  def evaluate(self, params, teacher, step):
+    """{"mse": mean squared error between the student's output and the teacher's features
+    over every token of the held-out images} (distillation: the embedding MSE; SAMI: the
+    reconstruction with step 0's mask), or None without config.eval.every."""
+    del step
+    if self._held_out is None:
+      return None
+    if self._eval_step is None:
+      def sums(p, t, batch):
+        pred, target, _, valid = self._outputs(p, t, batch, 0)
+        per_image = sami_losses.per_token_loss(pred.astype(jnp.float32), target).mean(-1)
+        return jnp.sum(per_image * valid), jnp.sum(valid)
+      self._eval_step = jax.jit(sums)
+    mesh = jax.tree.leaves(params)[0].sharding.mesh
+    total, count = 0.0, 0
+    for batch in self._held_out:
+      s, n = self._eval_step(params, teacher, sharding.host_batch_to_global(batch, mesh))
+      total, count = total + float(s), count + int(n)
+    return {"mse": total / max(count, 1)}
+
+  def _held_out_batches(self):
+    """This host's rows of the held-out images in global batches of config.batch_size
+    (padded with valid=0), in a deterministic view; None without evaluation."""
+    c, e = self.config, self.config.get("eval") or {}
+    if not e.get("every"):
+      return None
+    if self.cache_dir:
+      raise UserError("config.eval needs the live teacher: the feature cache holds the "
+                      "training images only (unset teacher.cache_dir or eval.every)")
+    view = ml_collections.ConfigDict(dict(c.data))
+    view.update(source=e.get("source") or "demo", path=e.get("path") or "",
+                demo_seed=e.get("demo_seed", 1), num_demo_images=e.get("num_images") or 16)
+    try:
+      source = data.make_source(view)
+    except UserError as e:
+      raise UserError(f"config.eval (source {view.source}, path {view.path!r}): {e}") from None
+    count = min(len(source), int(e.get("num_images") or len(source)))
+    crop = c.data.crop if c.data.crop in ("center", "longest_side") else "center"
+    b, p, n = c.batch_size, jax.process_count(), jax.process_index()
+    rows = range(n * b // p, (n + 1) * b // p)
+    batches = []
+    for start in range(0, count, b):
+      examples = [transforms.preprocess(source[i], None, image_size=c.data.image_size,
+                                        crop=crop, flip=False) if i < count else
+                  {"image": np.zeros((c.data.image_size,) * 2 + (3,), np.float32),
+                   "valid": np.int32(0)} for i in (start + r for r in rows)]
+      batches.append({k: np.stack([x[k] for x in examples]) for k in ("image", "valid")})
+    return batches
+
+  def _outputs(self, params, teacher_params, batch, step):
+    """(student output (B, N, C), target (B, N, C) float32, masked (B, N), valid (B,))."""
     images, valid = batch["image"], batch["valid"]
     b = images.shape[0]
     if self.cache_dir:
@@ -176,10 +238,7 @@ class SamiTask(loop.Task):
     else:
       masked = jnp.zeros((b, self.num_tokens), jnp.float32)
       pred = self.student.apply({"params": params}, student_images)
-    loss = sami_losses.reconstruction_loss(
-        pred, target, masked, valid, kind=loss_cfg.kind, masked_only=loss_cfg.masked_only,
-        normalise_target=loss_cfg.normalise_target)
-    return loss, {"valid_images": jnp.sum(valid)}
+    return pred, target, masked, valid
 
 
 def train(config, workdir: str) -> dict:
