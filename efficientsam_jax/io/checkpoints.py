@@ -6,10 +6,14 @@ Two kinds of checkpoint:
   process; the caller passes its Orbax args, so this module never imports grain). Orbax writes
   each into a temporary directory and renames it when complete, so a run killed mid-save
   never sees a half-written checkpoint. A teacher is never saved.
+- The best checkpoint of a run that evaluates while it trains, `WORKDIR/best/`: a workdir of
+  its own (its `config.json`, `checkpoints/<step>/` with `params` and `best`, JSON: step,
+  metric, value), so every tool that takes a workdir takes it.
 - Parameter checkpoints (what `convert` writes): a directory with items `params` and
   `metadata` (JSON: model name, format version, anything the writer adds).
 """
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -77,6 +81,53 @@ class TrainCheckpoints:
     """Waits for the last save to be complete on disk; safe to call twice."""
     if self.manager is not None:
       self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None
+
+
+class BestCheckpoint:
+  """Keeps the parameters of the best evaluation so far in WORKDIR/best (module docstring).
+
+  mode "max" (accuracy) or "min" (a loss). `value` is the best so far, read back on resume.
+  """
+
+  def __init__(self, workdir: str, metric: str, mode: str = "max"):
+    if mode not in ("max", "min"):
+      raise UserError(f"best checkpoint mode must be 'max' or 'min', got {mode!r}")
+    self.metric, self.mode = metric, mode
+    self.workdir = os.path.join(os.path.abspath(workdir), "best")
+    self.manager = ocp.CheckpointManager(
+        os.path.join(self.workdir, CHECKPOINTS_SUBDIR),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                             enable_async_checkpointing=False))
+    self.value = None
+    step = self.manager.latest_step()
+    if step is not None:
+      self.value = self.manager.restore(step, args=ocp.args.Composite(
+          best=ocp.args.JsonRestore()))["best"]["value"]
+    config = os.path.join(os.path.dirname(self.workdir), "config.json")
+    if jax.process_index() == 0 and os.path.exists(config):
+      shutil.copyfile(config, os.path.join(self.workdir, "config.json"))
+
+  def better(self, value: float) -> bool:
+    if self.value is None:
+      return True
+    return value > self.value if self.mode == "max" else value < self.value
+
+  def offer(self, step: int, params, value: float) -> bool:
+    """Saves `params` (written by every process) if `value` beats the best; returns whether."""
+    if not self.better(value):
+      return False
+    self.value = float(value)
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        best=ocp.args.JsonSave({"step": int(step), "metric": self.metric,
+                                "value": self.value})), force=True)
+    self.manager.wait_until_finished()
+    return True
+
+  def close(self) -> None:
+    if self.manager is not None:
       self.manager.close()
       self.manager = None
 

@@ -5,6 +5,11 @@ A trainer defines a `Task` (its model, loss, data and, if it has one, its teache
 `train(config, workdir, task)`. Resume order: the latest checkpoint in the workdir, else
 `task.init_from_params` (config.init_from), else a fresh init from `config.seed`.
 
+Evaluation while training: with `config.eval_every` > 0 the loop calls `task.evaluate` every
+that many steps and at the end, adds its metrics to that step's record (metrics.jsonl,
+TensorBoard), and with `config.best_metric` set keeps the parameters of the best value so far
+(`config.best_mode` "max" or "min") in WORKDIR/best, a workdir of its own.
+
 Two words, two things: the *teacher* is arrays passed into every step that are never trained
 nor checkpointed (SAMI's SAM image encoder); *frozen* parameters are parameters of the
 trained model that the optimiser never updates (a model's buffers, `optimizer.frozen`).
@@ -71,6 +76,12 @@ class Task(abc.ABC):
     del abstract_teacher
     return None
 
+  def evaluate(self, params, mesh) -> dict:
+    """Held-out metrics of `params` ({name: float}, names starting with "eval_"); the loop
+    calls it on every process every `config.eval_every` steps. The default: none."""
+    del params, mesh
+    return {}
+
   def init_from_params(self, abstract_params):
     """Parameters to start from when the workdir has no checkpoint (numpy tree) or None."""
     del abstract_params
@@ -134,6 +145,9 @@ class Setup:
     if config.batch_size % self.mesh.size:
       raise UserError(f"batch_size {config.batch_size} is not divisible by the "
                       f"{self.mesh.size} devices of the mesh")
+    if config.get("best_metric") and not config.get("eval_every"):
+      raise UserError("config.best_metric needs config.eval_every > 0 (evaluation while "
+                      "training)")
     self.init_fn = task.init_params
     self.abstract_params = jax.eval_shape(self.init_fn, jax.random.key(config.seed))
     self.tx, self.schedule = optim.make_optimizer(config, self.abstract_params, task.frozen())
@@ -251,12 +265,16 @@ def train(config, workdir: str, task: Task) -> dict:
 
   # --- Loop --------------------------------------------------------------------------------
   writer = MetricWriter(workdir, config.total_steps, resumed_step=start_step)
+  eval_every = int(config.get("eval_every") or 0)
+  best = (checkpoints_lib.BestCheckpoint(workdir, config.best_metric,
+                                         config.get("best_mode", "max"))
+          if config.get("best_metric") else None)
   preemption = runtime.PreemptionWatch()
   pending = None  # (step, device metrics): fetched one step late so the device never waits
   last_record, counters = {}, {"skipped_images": 0, "skipped_updates": 0}
   compile_start = time.perf_counter()
 
-  def finish(step, metrics):
+  def finish(step, metrics, evaluation=None):
     nonlocal last_record
     host = jax.device_get(metrics)
     if not (np.isfinite(host["loss"]) and np.isfinite(host["param_norm"])):
@@ -265,8 +283,8 @@ def train(config, workdir: str, task: Task) -> dict:
           " holds the last good state (set nonfinite_policy=skip to skip such updates)")
     counters["skipped_images"] += config.batch_size - int(host.pop("valid_images"))
     counters["skipped_updates"] += int(host.pop("skipped_update", 0))
-    if step % config.log_every == 0 or step == config.total_steps:
-      last_record = writer.write(step, {**host, **counters})
+    if evaluation or step % config.log_every == 0 or step == config.total_steps:
+      last_record = writer.write(step, {**host, **counters, **(evaluation or {})})
 
   try:
     with jax.set_mesh(mesh):
@@ -284,10 +302,19 @@ def train(config, workdir: str, task: Task) -> dict:
         pending = (step + 1, metrics)
         done = step + 1
         preempted = preemption.reached(done)
-        if done % config.checkpoint_every == 0 or done == config.total_steps or preempted:
-          finish(*pending)  # never checkpoint a state whose loss was not checked
+        save = done % config.checkpoint_every == 0 or done == config.total_steps or preempted
+        evaluate = eval_every and (done % eval_every == 0 or done == config.total_steps)
+        if save or evaluate:
+          evaluation = task.evaluate(params, mesh) if evaluate else None
+          finish(*pending, evaluation)  # never checkpoint a state whose loss was not checked
           pending = None
-          checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
+          if evaluate and best is not None:
+            if config.best_metric not in evaluation:
+              raise UserError(f"config.best_metric {config.best_metric!r} is not among the "
+                              f"evaluation's metrics: {', '.join(sorted(evaluation))}")
+            best.offer(done, params, evaluation[config.best_metric])
+          if save:
+            checkpoints.save(done, params, opt_state, data.iterator_save_args(train_iter))
         if preempted:
           checkpoints.close()
           raise runtime.Preempted(done)
@@ -298,5 +325,7 @@ def train(config, workdir: str, task: Task) -> dict:
   finally:
     preemption.close()
     checkpoints.close()
+    if best is not None:
+      best.close()
     writer.close()
   return last_record
