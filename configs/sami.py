@@ -20,6 +20,15 @@ VARIANT = dict(size=("vitb", "vitt", "vits"), teacher=("", "vit_h", "vit_l", "vi
                demo=False, smoke=False, target=("features", "pixels"))
 
 
+def use_pixel_target(c: ml_collections.ConfigDict) -> None:
+  """MAE instead of SAMI, in place: each masked patch's own normalised pixels as the target
+  (MAE's norm_pix_loss), MAE's decoder (self-attention over every token), the loss on masked
+  patches only. Everything else (student, data, steps, optimiser) stays as it is."""
+  c.target = "pixels"
+  c.decoder.kind = "all"
+  c.loss.update(masked_only=True, normalise_target=True)
+
+
 def get_config(arg=None):
   v = common.parse_variant(arg, VARIANT, "configs/sami.py")
   c = ml_collections.ConfigDict()
@@ -36,10 +45,9 @@ def get_config(arg=None):
   c.loss = dict(kind="mse", masked_only=False, normalise_target=False)
   # "features": SAMI, the teacher's features for every token; "pixels": MAE, each patch's own
   # normalised pixels (target=pixels below also sets MAE's decoder and loss).
-  c.target = v["target"]
+  c.target = "features"
   if v["target"] == "pixels":
-    c.decoder.kind = "all"
-    c.loss.update(masked_only=True, normalise_target=True)
+    use_pixel_target(c)
   c.data = common.image_data(worker_count=8)  # ImageNet-1K train through TFDS, 224 crops
 
   # 400 epochs at batch 4096, 40 warmup epochs; AdamW (0.9, 0.95), wd 0.05,

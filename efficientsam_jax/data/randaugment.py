@@ -44,8 +44,8 @@ def apply_op(image: Image.Image, name: str, level: float, rng) -> Image.Image:
   if name == "rotate":
     resample = Image.Resampling.BILINEAR if rng.uniform() < 0.5 else Image.Resampling.BICUBIC
     return image.rotate(_signed(rng, 30.0 * level), resample=resample, fillcolor=FILL)
-  if name == "posterize":
-    return ImageOps.posterize(image, 4 - int(4 * level))
+  if name == "posterize":  # 4 bits kept at level 0, down to 1 (PIL's least) at level 1
+    return ImageOps.posterize(image, max(1, 4 - int(4 * level)))
   if name == "solarize":
     return ImageOps.solarize(image, 256 - int(256 * level))
   if name == "solarize_add":

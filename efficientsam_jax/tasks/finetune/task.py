@@ -109,7 +109,11 @@ class EfficientSamTask(loop.Task):
     masks = batch["masks"].astype(bool)
     weights = batch["mask_valid"] * batch["valid"][:, None]
     embeddings = apply(batch["image"], method=self.model.encode)
-    num_points = self.model_config.max_num_points
+    # As many point slots as the rounds can fill (a box's 2, one per correction round): the
+    # model pads shorter prompts itself, its padding tokens computed once and counted
+    # (EfficientSam.prompt_tokens), which leaves the function unchanged and the decoder
+    # fewer tokens.
+    num_points = min(self.model_config.max_num_points, 2 + p.refine_iters)
     points, labels, slot = prompts.initial_prompts(
         jax.random.fold_in(rng, 0), batch["boxes"], masks, size, num_points,
         p.box_probability, p.box_noise_std, p.box_max_noise)
