@@ -41,9 +41,9 @@ def get_config(arg=None):
       image_size=1024, mask_size=256,  # mask_size: the decoder's low-res output, image_size/4
       max_masks=64, max_area_fraction=0.9,  # SAM: masks over 90% of the image dropped, <=64
       worker_count=8, read_threads=2, prefetch_buffer_size=2,
-      # style: the generated scenes (data/scenes.py): "varied", "heldout" or "plain" (the
-      # demo's earlier shapes).
-      demo=dict(num_train=0, num_val=0, image_size=128, seed=0, style="varied"))
+      # style: "plain" (the demo's shapes, what docs/finetuning.md measured) or the generated
+      # scenes of data/scenes.py, "varied" (the miniature's) or "heldout".
+      demo=dict(num_train=0, num_val=0, image_size=128, seed=0, style="plain"))
   c.prompts = dict(
       box_probability=0.5,  # first prompt: jittered box, else one point inside the mask
       box_noise_std=0.1, box_max_noise=20.0,  # x side of the box; pixels

@@ -150,7 +150,7 @@ def with_demo_data(config, workdir: str):
     return config, None
   train_dir, val_dir, coco = demo_sa1b.ensure_demo_dataset(
       os.path.join(workdir, DEMO_SUBDIR), d.demo.num_train, d.demo.num_val, d.demo.image_size,
-      d.demo.seed, d.demo.get("style", "varied"))
+      d.demo.seed, d.demo.get("style", "plain"))
   logging.info("demo data: train %s; held-out %s with %s", train_dir, val_dir, coco)
   config = config.copy_and_resolve_references()
   config.data.update(source="sa1b", path=train_dir)
