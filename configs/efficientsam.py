@@ -30,8 +30,11 @@ def get_config(arg=None):
   # format). dtype: compute dtype of the matrix products, "float32" | "bfloat16" (parameters
   # and optimiser state stay float32); remat: recompute each encoder block, decoder block and
   # the mask upscaling in the backward pass (less activation memory, ~1/3 more compute).
+  # encoder_width / encoder_heads: None = the size's (a demo or miniature model may be
+  # narrower; such weights are not in a released format either).
   c.model = dict(size=v["size"], image_size=1024, encoder_depth=config_dict.placeholder(int),
-                 dtype="float32", remat=False)
+                 encoder_width=config_dict.placeholder(int),
+                 encoder_heads=config_dict.placeholder(int), dtype="float32", remat=False)
   c.data = dict(
       source="sa1b",  # "sa1b" (path: folders and/or .tar shards) | "coco" | "demo"
       path="", annotations="",  # annotations: COCO instances JSON (source="coco")
@@ -39,7 +42,9 @@ def get_config(arg=None):
       image_size=1024, mask_size=256,  # mask_size: the decoder's low-res output, image_size/4
       max_masks=64, max_area_fraction=0.9,  # SAM: masks over 90% of the image dropped, <=64
       worker_count=8, read_threads=2, prefetch_buffer_size=2,
-      demo=dict(num_train=0, num_val=0, image_size=128, seed=0))
+      # style: "plain" (the demo's shapes, what docs/finetuning.md measured) or the generated
+      # scenes of data/scenes.py, "varied" (the miniature's) or "heldout".
+      demo=dict(num_train=0, num_val=0, image_size=128, seed=0, style="plain"))
   c.prompts = dict(
       box_probability=0.5,  # first prompt: jittered box, else one point inside the mask
       box_noise_std=0.1, box_max_noise=20.0,  # x side of the box; pixels

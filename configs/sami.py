@@ -8,14 +8,25 @@ image encoder on the same 224 crop (MSE). The whole recipe; `sami_vit{t,s,b}.py`
 
 Variant words: size=vitt|vits|vitb (student), teacher=vit_h|vit_l|vit_b|tiny, demo (the same
 recipe on built-in generated images with a tiny random teacher, minutes on a laptop CPU),
-smoke (demo shrunk to seconds, what the tests run).
+smoke (demo shrunk to seconds, what the tests run), target=pixels (MAE instead of SAMI: the
+same student, data and budget reconstructing its own normalised pixels with MAE's decoder, the
+loss on masked patches only; no teacher).
 """
 import ml_collections
 
 from configs import common
 
 VARIANT = dict(size=("vitb", "vitt", "vits"), teacher=("", "vit_h", "vit_l", "vit_b", "tiny"),
-               demo=False, smoke=False)
+               demo=False, smoke=False, target=("features", "pixels"))
+
+
+def use_pixel_target(c: ml_collections.ConfigDict) -> None:
+  """MAE instead of SAMI, in place: each masked patch's own normalised pixels as the target
+  (MAE's norm_pix_loss), MAE's decoder (self-attention over every token), the loss on masked
+  patches only. Everything else (student, data, steps, optimiser) stays as it is."""
+  c.target = "pixels"
+  c.decoder.kind = "all"
+  c.loss.update(masked_only=True, normalise_target=True)
 
 
 def get_config(arg=None):
@@ -32,6 +43,11 @@ def get_config(arg=None):
   c.teacher = common.teacher(v["teacher"] or "vit_h")
   c.mask_ratio = 0.75
   c.loss = dict(kind="mse", masked_only=False, normalise_target=False)
+  # "features": SAMI, the teacher's features for every token; "pixels": MAE, each patch's own
+  # normalised pixels (target=pixels below also sets MAE's decoder and loss).
+  c.target = "features"
+  if v["target"] == "pixels":
+    use_pixel_target(c)
   c.data = common.image_data(worker_count=8)  # ImageNet-1K train through TFDS, 224 crops
 
   # 400 epochs at batch 4096, 40 warmup epochs; AdamW (0.9, 0.95), wd 0.05,

@@ -45,10 +45,21 @@ EfficientSAM finetuning (efficientsam_jax.data.segmentation, demo_sa1b):
   SA1BSource (released sa_N.jpg/.json layout, directories or .tar shards), CocoSource.
   Fields: source "sa1b" | "coco", path, annotations (COCO JSON), image_size, mask_size
   (image_size / 4), max_masks (K), max_area_fraction (0.9).
+
+Classification finetuning (efficientsam_jax.data.classification, randaugment, scenes):
+  make_classification_iterator(config) -> batches of `image`, `label`, `valid` (MAE's
+      training view: random resized crop, flip, RandAugment, random erasing); same seeding,
+      per-host rows and checkpointing.
+  classification_eval_batches(config) -> (global batch count, this host's padded batches of
+      one in-order pass over the evaluation split).
+  Fields: source "tfds" | "folder" | "demo", tfds_name, split, eval_split, path, eval_path,
+  image_size, min_scale, flip, randaugment (num_ops, magnitude, magnitude_std), erase_prob,
+  crop_pct, eval_batch_size, demo (seed, num_train, eval_seed, num_eval, image_size).
 """
-from efficientsam_jax.data.pipeline import check_view_config
+from efficientsam_jax.data.pipeline import check_view_config, classification_eval_batches
 from efficientsam_jax.data.pipeline import iterator_restore_args
 from efficientsam_jax.data.pipeline import iterator_save_args
+from efficientsam_jax.data.pipeline import make_classification_iterator
 from efficientsam_jax.data.pipeline import make_segmentation_iterator
 from efficientsam_jax.data.pipeline import make_segmentation_source
 from efficientsam_jax.data.pipeline import make_source

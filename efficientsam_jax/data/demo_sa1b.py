@@ -1,9 +1,11 @@
-"""A small generated dataset in the released SA-1B layout, for the finetuning demo.
+"""A small generated dataset in the released SA-1B layout, for the finetuning demo and the
+miniature experiment.
 
-Each image is a textured background with a few filled ellipses, polygons and rectangles; each
+Each image is a scene of shapes (data/scenes.py: the "varied" style by default, "heldout" for
+measuring transfer, or "plain", the demo's earlier generator, kept here unchanged); each
 shape's VISIBLE part (later shapes occlude earlier ones) is one annotation, stored as real COCO
 RLE made by pycocotools, with bbox/area/point_coords like SA-1B. Everything is a pure function
-of (seed, index), so the files are identical wherever they are written.
+of (seed, index, style), so the files are identical wherever they are written.
 """
 import json
 
@@ -11,11 +13,16 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from efficientsam_jax.data import demo_images
+from efficientsam_jax.data import scenes
 from efficientsam_jax.data import segmentation
+from efficientsam_jax.errors import UserError
 from efficientsam_jax.io import paths
 
-# Shapes are few and large: at the demo's 96 px a ViT sees 6 x 6 tokens, and a mask should
-# cover several of them, as an SA-1B mask covers hundreds of a 64 x 64 grid at 1024 px.
+STYLES = scenes.STYLES + ("plain",)
+
+# The "plain" style. Shapes are few and large: at the demo's 96 px a ViT sees 6 x 6 tokens, and
+# a mask should cover several of them, as an SA-1B mask covers hundreds of a 64 x 64 grid at
+# 1024 px.
 MIN_SHAPES, MAX_SHAPES = 2, 4
 SCALE_RANGE = (0.4, 0.8)  # half-extent of a shape, as a fraction of half the image side
 MIN_AREA_FRACTION = 0.02  # visible parts smaller than this are not annotated
@@ -56,11 +63,15 @@ def _textured_background(rng, yy, xx, size: int) -> np.ndarray:
   return image + 0.25 * (noise[..., None] - 0.5) * rng.uniform(0.3, 1.0, size=3)
 
 
-def demo_sample(seed: int, index: int, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def demo_sample(seed: int, index: int, size: int,
+                style: str = "varied") -> tuple[np.ndarray, list[np.ndarray]]:
   """Image uint8 (size, size, 3) and the visible masks (each bool (size, size)) of one sample.
 
-  size: a multiple of 8.
+  size: a multiple of 8. style: one of STYLES.
   """
+  if style != "plain":
+    image, masks, _ = scenes.scene(seed, index, size, style)
+    return image, masks
   rng = np.random.default_rng([seed, index, 7])
   coords = np.linspace(-1.0, 1.0, size, dtype=np.float32)
   yy, xx = np.meshgrid(coords, coords, indexing="ij")
@@ -102,11 +113,12 @@ def annotation_record(image_id: int, file_name: str, masks: list[np.ndarray],
                     "file_name": file_name}, "annotations": anns}
 
 
-def write_split(directory: str, seed: int, first: int, count: int, size: int) -> None:
+def write_split(directory: str, seed: int, first: int, count: int, size: int,
+                style: str = "varied") -> None:
   """Writes samples first .. first+count-1 as sa_N.jpg + sa_N.json into `directory`."""
   paths.makedirs(directory)
   for index in range(first, first + count):
-    image, masks = demo_sample(seed, index, size)
+    image, masks = demo_sample(seed, index, size, style)
     name = f"sa_{index}"
     record = annotation_record(index, name + ".jpg", masks, np.random.default_rng(index))
     paths.write(paths.join(directory, name + ".jpg"), segmentation.encode_jpeg(image))
@@ -133,7 +145,7 @@ def stand_in_detections(coco: dict, seed: int = 0, jitter: float = 0.1) -> list[
 
 
 def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
-                        seed: int = 0) -> tuple[str, str, str]:
+                        seed: int = 0, style: str = "varied") -> tuple[str, str, str]:
   """Writes (once) root/train, root/val in the SA-1B layout, root/val/instances.json (COCO,
   for `evaluate`) and root/val/detections.json (`stand_in_detections`, for `evaluate
   --detections`). Returns (train dir, val dir, val COCO json). A `done` marker written last
@@ -143,16 +155,18 @@ def ensure_demo_dataset(root: str, num_train: int, num_val: int, size: int,
   train, val = paths.join(root, "train"), paths.join(root, "val")
   coco_json = paths.join(val, "instances.json")
   marker = paths.join(root, "done")
-  expected = f"{seed} {num_train} {num_val} {size}"
+  if style not in STYLES:
+    raise UserError(f"data.demo.style must be one of {', '.join(STYLES)}, got {style!r}")
+  expected = f"{seed} {num_train} {num_val} {size} {style}"
   detections = paths.join(val, "detections.json")
   if paths.exists(marker) and paths.read_text(marker).strip() == expected:
     if not paths.exists(detections):  # a set written before detections existed
       paths.write(detections, json.dumps(
           stand_in_detections(json.loads(paths.read_text(coco_json)), seed)))
     return train, val, coco_json
-  write_split(train, seed, 0, num_train, size)
+  write_split(train, seed, 0, num_train, size, style)
   # Held-out images: indices after the training ones, never trained on.
-  write_split(val, seed, num_train, num_val, size)
+  write_split(val, seed, num_train, num_val, size, style)
   coco = segmentation.sa1b_to_coco(val)
   paths.write(coco_json, json.dumps(coco))
   paths.write(detections, json.dumps(stand_in_detections(coco, seed)))

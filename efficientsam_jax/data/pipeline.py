@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from efficientsam_jax.data import classification
 from efficientsam_jax.data import segmentation
 from efficientsam_jax.data import sources
 from efficientsam_jax.data import teacher_cache
@@ -244,3 +245,60 @@ def make_segmentation_iterator(config, *, process_index: Optional[int] = None,
       process_index=jax.process_index() if process_index is None else process_index,
       process_count=jax.process_count() if process_count is None else process_count)
   return iter(ds)
+
+
+class ClassificationAugment(grain.transforms.RandomMap):
+  """grain RandomMap wrapping `classification.train_example` (classification finetuning)."""
+
+  def __init__(self, data_config):
+    ra = data_config.randaugment
+    self.kwargs = dict(image_size=data_config.image_size, min_scale=data_config.min_scale,
+                       flip=data_config.flip, randaugment_ops=ra.num_ops,
+                       magnitude=ra.magnitude, magnitude_std=ra.magnitude_std,
+                       erase_prob=data_config.erase_prob)
+
+  def random_map(self, element, rng: np.random.Generator):
+    return classification.train_example(element, rng, **self.kwargs)
+
+
+class ClassificationEvalView(grain.transforms.Map):
+  """grain Map wrapping `classification.eval_example` (deterministic)."""
+
+  def __init__(self, data_config):
+    self.image_size, self.crop_pct = data_config.image_size, data_config.crop_pct
+
+  def map(self, element):
+    return classification.eval_example(element, image_size=self.image_size,
+                                       crop_pct=self.crop_pct)
+
+
+def make_classification_iterator(config, *, process_index: Optional[int] = None,
+                                 process_count: Optional[int] = None) -> grain.DatasetIterator:
+  """Infinite, checkpointable iterator of this host's training batches: `image` float32
+  (B_local, S, S, 3), `label` int32 (B_local,), `valid` int32 (B_local,); same seeding,
+  per-host rows and checkpointing as make_train_iterator."""
+  train, _ = classification.make_sources(config.data)
+  ds = host_batch_stream(
+      train, ClassificationAugment(config.data), config,
+      process_index=jax.process_index() if process_index is None else process_index,
+      process_count=jax.process_count() if process_count is None else process_count)
+  return iter(ds)
+
+
+def classification_eval_batches(config, *, process_index: Optional[int] = None,
+                                process_count: Optional[int] = None):
+  """(number of global batches, iterator over this host's rows of each) of one pass over the
+  evaluation split in order: global batches of `data.eval_batch_size` images, the last one
+  padded with valid=0 rows; host p takes rows [p*B/P, (p+1)*B/P) of every batch."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  data = config.data
+  _, source = classification.make_sources(data)
+  batch = data.eval_batch_size
+  host_batch = _host_batch_size(batch, process_count)
+  num_batches = -(-len(source) // batch)
+  ds = grain.MapDataset.source(classification.PaddedSource(source, num_batches * batch))
+  ds = ds.map(ClassificationEvalView(data)).batch(host_batch)[process_index::process_count]
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads,
+                                            prefetch_buffer_size=data.prefetch_buffer_size))
+  return num_batches, iter(ds)

@@ -152,6 +152,57 @@ def load_workdir(directory: str, model: str | None = None) -> LoadedModel:
   return loaded
 
 
+def workdir_trainer(path: str) -> str | None:
+  """The trainer that wrote a training workdir (its config.json), None for anything else."""
+  if not os.path.isdir(path) or not checkpoints.is_training_workdir(path):
+    return None
+  return _workdir_config(path).get("trainer")
+
+
+# Torch-named prefixes of a ViT image encoder; a timm / MAE checkpoint's other tensors (class
+# token, final norm, head, MAE's decoder) have no counterpart in it.
+_ENCODER_PREFIXES = ("patch_embed.", "pos_embed", "blocks.")
+
+
+def encoder_params(path: str, abstract_encoder) -> dict:
+  """The ViT image encoder held by any weights path, as numpy flax params shaped like
+  `abstract_encoder` (an `image_encoder` tree; ShapeDtypeStructs will do).
+
+  Accepted: a training workdir (its latest `image_encoder`: SAMI or MAE pretraining,
+  finetuning, classification), a JAX parameter checkpoint, an EfficientSAM `.pt`, or a timm /
+  MAE ViT checkpoint (`patch_embed.*`, `pos_embed` (1, 197, D) with the class slot first,
+  `blocks.N.*`). The neck comes along when both the file and the target have one; otherwise
+  the result has no `neck_*` entries (the caller initialises them). UserError names a
+  missing, unexpected or misfit tensor.
+  """
+  if not os.path.exists(path):
+    raise UserError(f"{path}: no such file or directory")
+  try:
+    if os.path.isdir(path):
+      params = (checkpoints.latest_workdir_params(path) if checkpoints.is_training_workdir(path)
+                else checkpoints.restore_params(path)[0])
+      if not isinstance(params, dict) or "image_encoder" not in params:
+        raise UserError("holds no image_encoder")
+      state = state_dict.flax_to_torch(jax.tree.map(np.asarray, params["image_encoder"]))
+    else:
+      state = read_torch_state(path)
+      if any(k.startswith("image_encoder.") for k in state):
+        state = {k[len("image_encoder."):]: v for k, v in state.items()
+                 if k.startswith("image_encoder.")}
+    target = dict(abstract_encoder)
+    if not any(k.startswith("neck.") for k in state):
+      target = {k: v for k, v in target.items() if not k.startswith("neck_")}
+    prefixes = _ENCODER_PREFIXES + (("neck.",) if any(k.startswith("neck_") for k in target)
+                                    else ())
+    return state_dict.torch_to_flax({k: v for k, v in state.items() if k.startswith(prefixes)},
+                                    target)
+  except UserError as e:
+    raise in_context(e, path) from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{path}: cannot read checkpoint ({type(e).__name__}: "
+                    f"{one_line(e)[:200]})") from None
+
+
 def load_jax(directory: str, model: str | None = None) -> LoadedModel:
   """A parameter checkpoint written by save_jax."""
   params, metadata = checkpoints.restore_params(directory)

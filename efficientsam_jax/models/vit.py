@@ -8,6 +8,7 @@ the compute dtype of the matrix products (precision.py); activations are float32
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +35,9 @@ class ViTConfig:
   patch_size: int = 16
   pretrain_grid: int = 14
   neck_channels: int = 256  # 0: no neck (SAMI pretraining uses the block tokens)
+  # Stochastic depth for finetuning: block i of n drops its residual branches per example
+  # with probability drop_path * i / (n - 1) (MAE's linear rule); 0 = none (the release).
+  drop_path: float = 0.0
 
   @classmethod
   def from_name(cls, name: str, **overrides) -> "ViTConfig":
@@ -100,19 +104,34 @@ class Mlp(nn.Module):
     return precision.Dense(d, self.dtype, name="fc2")(x)
 
 
+def drop_path(module: nn.Module, branch, rate: float, deterministic: bool):
+  """Stochastic depth: each example's residual branch (B, ...) is zeroed with probability
+  `rate` and the kept ones scaled by 1 / (1 - rate); the identity when deterministic. Draws
+  from `module`'s "dropout" RNG stream."""
+  if deterministic or rate == 0.0:
+    return branch
+  keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate,
+                              (branch.shape[0],) + (1,) * (branch.ndim - 1))
+  return jnp.where(keep, branch / (1.0 - rate), 0.0)
+
+
 class Block(nn.Module):
-  """Pre-norm transformer block: (B, T, D) -> (B, T, D)."""
+  """Pre-norm transformer block: (B, T, D) -> (B, T, D). `drop_path` > 0 drops each
+  residual branch per example unless `deterministic` (ViTConfig.drop_path)."""
   num_heads: int
   mlp_ratio: float = 4.0
   ln_eps: float = LN_EPS
   dtype: jnp.dtype = jnp.float32
+  drop_path: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic: bool = True):
     d = x.shape[-1]
     norm = lambda name: nn.LayerNorm(epsilon=self.ln_eps, name=name)
-    x = x + Attention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x))
-    return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(norm("norm2")(x))
+    branch = Attention(self.num_heads, self.dtype, name="attn")(norm("norm1")(x))
+    x = x + drop_path(self, branch, self.drop_path, deterministic)
+    branch = Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(norm("norm2")(x))
+    return x + drop_path(self, branch, self.drop_path, deterministic)
 
 
 def make_neck(channels: int = 256, ln_eps: float = LN_EPS, dtype=jnp.float32) -> list:
@@ -153,8 +172,11 @@ class ImageEncoder(nn.Module):
     self.pos_embed = self.param(
         "pos_embed", lambda *_: jnp.asarray(sincos_pos_table(c.width, c.pretrain_grid)),
         (1, 1 + grid_tokens, c.width))
-    block = nn.remat(Block) if self.remat else Block
-    self.blocks = [block(c.num_heads, c.mlp_ratio, dtype=self.dtype) for _ in range(c.depth)]
+    # `deterministic` (argument 2, counting self) is a Python bool: static under remat.
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    rates = np.linspace(0.0, c.drop_path, c.depth) if c.depth > 1 else [0.0] * c.depth
+    self.blocks = [block(c.num_heads, c.mlp_ratio, dtype=self.dtype, drop_path=float(rate))
+                   for rate in rates]
     if c.neck_channels:
       self.neck = make_neck(c.neck_channels, dtype=self.dtype)
 
@@ -173,13 +195,15 @@ class ImageEncoder(nn.Module):
     x = self.patch_embed(images)
     return x + self.grid_pos_embed(x.shape[1], x.shape[2])
 
-  def run_blocks(self, tokens):
-    """(B, T, D) -> (B, T, D) through every block."""
-    return apply_sequential(self.blocks, tokens)
+  def run_blocks(self, tokens, deterministic: bool = True):
+    """(B, T, D) -> (B, T, D) through every block (stochastic depth unless deterministic)."""
+    for block in self.blocks:
+      tokens = block(tokens, deterministic)
+    return tokens
 
-  def __call__(self, images):
+  def __call__(self, images, deterministic: bool = True):
     """(B, H, W, 3) -> neck output (B, H/16, W/16, C), or block tokens if there is no neck."""
     x = self.embed(images)
     b, h, w, d = x.shape
-    x = self.run_blocks(x.reshape(b, h * w, d)).reshape(b, h, w, d)
+    x = self.run_blocks(x.reshape(b, h * w, d), deterministic).reshape(b, h, w, d)
     return apply_sequential(self.neck, x) if self.config.neck_channels else x

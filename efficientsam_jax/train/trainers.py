@@ -11,6 +11,7 @@ import importlib
 TRAINERS = {
     "sami": "efficientsam_jax.tasks.sami",  # SAMI pretraining and MobileSAM-style distillation
     "efficientsam": "efficientsam_jax.tasks.finetune",  # EfficientSAM finetuning
+    "classify": "efficientsam_jax.tasks.classify",  # classification finetuning, linear probing
 }
 
 

@@ -6,8 +6,9 @@ rounds add a correction point from the error region of the previous prediction (
 6-point limit); every round is decoded against the same image embedding and adds its loss
 (20 focal + dice on the best of 3 candidates + IoU MSE), averaged over rounds. The mesh,
 optimiser, checkpoints, preemption, non-finite guard and metrics are the shared loop's
-(`loop.py`). Resume order: the workdir's checkpoint, else `config.init_from` (a SAMI workdir:
-encoder only; a released .pt, JAX checkpoint or finetuning workdir: everything), else fresh.
+(`loop.py`). Resume order: the workdir's checkpoint, else `config.init_from` (a workdir of
+another trainer, SAMI / MAE pretraining or classification: its encoder, the rest fresh from
+`config.seed`; a released .pt, JAX checkpoint or finetuning workdir: everything), else fresh.
 """
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,8 @@ class EfficientSamTask(loop.Task):
     path = self.config.get("init_from")
     if not path:
       return None
+    if model_files.workdir_trainer(path) not in (None, "efficientsam"):
+      return self._pretrained_encoder(path)
     try:
       loaded = model_files.load(path)
     except UserError as e:
@@ -132,6 +135,22 @@ class EfficientSamTask(loop.Task):
     sections = result if len(names) > 1 else {names[0]: result}
     return {f"{name}_miou": sections[name]["miou"] for name in names}
 
+  def _pretrained_encoder(self, path: str):
+    """Fresh parameters from config.seed with the image encoder of a pretraining (or
+    classification) workdir in place (its neck too if it has one)."""
+    fresh = jax.device_get(jax.jit(self.init_params)(jax.random.key(self.config.seed)))
+    try:
+      encoder = model_files.encoder_params(path, fresh["image_encoder"])
+    except UserError as e:
+      raise UserError(f"config.init_from: the image encoder does not fit "
+                      f"{self.model_config.name} as configured: {e}") from None
+    fresh["image_encoder"] = {**fresh["image_encoder"], **encoder}
+    logging.info("initialised the image encoder from %s (%s workdir; %s fresh)", path,
+                 model_files.workdir_trainer(path),
+                 "prompt encoder and mask decoder" if "neck_0" in encoder
+                 else "neck, prompt encoder and mask decoder")
+    return fresh
+
   def loss_fn(self, params, teacher, batch, step):
     """Loss of one batch (see batch_spec); metrics of the first and the last prompt round."""
     del teacher
@@ -142,7 +161,11 @@ class EfficientSamTask(loop.Task):
     masks = batch["masks"].astype(bool)
     weights = batch["mask_valid"] * batch["valid"][:, None]
     embeddings = apply(batch["image"], method=self.model.encode)
-    num_points = self.model_config.max_num_points
+    # As many point slots as the rounds can fill (a box's 2, one per correction round): the
+    # model pads shorter prompts itself, its padding tokens computed once and counted
+    # (EfficientSam.prompt_tokens), which leaves the function unchanged and the decoder
+    # fewer tokens.
+    num_points = min(self.model_config.max_num_points, 2 + p.refine_iters)
     points, labels, slot = prompts.initial_prompts(
         jax.random.fold_in(rng, 0), batch["boxes"], masks, size, num_points,
         p.box_probability, p.box_noise_std, p.box_max_noise)
@@ -179,7 +202,7 @@ def with_demo_data(config, workdir: str):
     return config, None
   train_dir, val_dir, coco = demo_sa1b.ensure_demo_dataset(
       paths.join(workdir, DEMO_SUBDIR), d.demo.num_train, d.demo.num_val, d.demo.image_size,
-      d.demo.seed)
+      d.demo.seed, d.demo.get("style", "plain"))
   logging.info("demo data: train %s; held-out %s with %s", train_dir, val_dir, coco)
   config = config.copy_and_resolve_references()
   config.data.update(source="sa1b", path=train_dir)

@@ -10,7 +10,14 @@ teacher's embedding directly with the same loss.
 
 The teacher is run live every step, or its targets are read from a feature cache written
 once by `python -m efficientsam_jax.cache_teacher` (`teacher.cache_dir`; then no teacher
-weights are loaded). Resume order: the latest checkpoint in the workdir, else
+weights are loaded).
+
+MAE (`target="pixels"`): the same task with the image's own patches as the target instead of
+a teacher's features (no teacher at all); with MAE's decoder (`decoder.kind="all"`), the loss
+on masked patches only and per-patch normalised pixels (`loss.masked_only`,
+`loss.normalise_target`: MAE's norm_pix_loss) it is MAE's objective, and SAMI against MAE is
+this one switch on the same code, data and budget (configs/sami.py's `target=pixels` word
+sets all four). Resume order: the latest checkpoint in the workdir, else
 `config.init_from` (distillation only: a released or converted MobileSAM / EfficientSAM model,
 a workdir), else from scratch (the shared loop in `loop.py` runs it; this file holds only the
 model, loss and data).
@@ -32,11 +39,29 @@ from efficientsam_jax.tasks.sami.teacher import Teacher, feature_dim
 from efficientsam_jax.train import config_checks, loop, sharding
 
 STUDENT_KINDS = ("vit", "tiny_vit")
+TARGETS = ("features", "pixels")
+
+
+def patchify(images, patch_size: int):
+  """(B, S, S, C) -> (B, N, p*p*C): each patch's pixels in (row, column, channel) order, patches
+  in row-major grid order (the token order), N = (S/p)^2."""
+  b, s, _, c = images.shape
+  g = s // patch_size
+  x = images.reshape(b, g, patch_size, g, patch_size, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, g * g, patch_size * patch_size * c)
 
 
 def check_objective(config) -> None:
   """One-line errors for student/decoder/masking combinations that do not make a task."""
   decoder, student = config.decoder.kind, config.student.get("kind", "vit")
+  target = config.get("target", "features")
+  if target not in TARGETS:
+    raise UserError(f"config.target must be one of {TARGETS}, got {target!r}")
+  if target == "pixels" and (decoder == sami_model.NO_DECODER or config.mask_ratio == 0):
+    raise UserError("config.target='pixels' (MAE) reconstructs hidden patches: it needs a "
+                    "decoder (decoder.kind='all' or 'cross') and mask_ratio > 0")
+  if target == "pixels" and config.teacher.get("cache_dir"):
+    raise UserError("config.target='pixels' has no teacher: unset teacher.cache_dir")
   if decoder not in sami_model.DECODER_KINDS + (sami_model.NO_DECODER,):
     raise UserError(f"config.decoder.kind must be one of "
                     f"{sami_model.DECODER_KINDS + (sami_model.NO_DECODER,)}, got {decoder!r}")
@@ -75,40 +100,56 @@ def check_config(config) -> None:
   data.check_view_config(config.data)
 
 
+def target_dim(config) -> int:
+  """Channels of what the student predicts per token: the teacher's features, or the pixels of
+  a patch (p * p * 3) for target="pixels"."""
+  if config.get("target", "features") == "pixels":
+    patch = vit.ViTConfig.from_name(config.student.size,
+                                    **dict(config.student.get("overrides", {}))).patch_size
+    return patch * patch * 3
+  return feature_dim(config.teacher)
+
+
 def build_student(config):
   """SAMI (masked ViT + decoder) or, with decoder.kind="none", EncoderStudent."""
   s = config.student
   overrides = dict(s.get("overrides", {}))
-  target_dim = feature_dim(config.teacher)
+  out_dim = target_dim(config)
   if s.dtype not in precision.DTYPES:
     raise UserError(f"config.student.dtype must be one of {', '.join(precision.DTYPES)}, got "
                     f"{s.dtype!r}")
   dtype, remat = precision.compute_dtype(s.dtype), bool(s.get("remat", False))
   if config.decoder.kind == sami_model.NO_DECODER:
     if s.get("kind", "vit") == "tiny_vit":
-      encoder = tiny_vit.TinyViTConfig(out_channels=target_dim, **overrides)
+      encoder = tiny_vit.TinyViTConfig(out_channels=out_dim, **overrides)
     else:
-      encoder = vit.ViTConfig.from_name(s.size, **{"neck_channels": target_dim, **overrides})
+      encoder = vit.ViTConfig.from_name(s.size, **{"neck_channels": out_dim, **overrides})
     return sami_model.EncoderStudent(encoder, dtype, remat)
   encoder = vit.ViTConfig.from_name(s.size, **overrides)
   decoder = sami_model.DecoderConfig(**dict(config.decoder))
-  return sami_model.SAMI(encoder, decoder, target_dim=target_dim, dtype=dtype, remat=remat)
+  return sami_model.SAMI(encoder, decoder, target_dim=out_dim, dtype=dtype, remat=remat)
 
 
 class SamiTask(loop.Task):
   """Model, loss and data for the shared loop. The teacher is the SAM encoder, or nothing
-  when its targets come from a cache (inside each batch)."""
+  when its targets come from a cache (inside each batch) or are the pixels (MAE)."""
 
   def __init__(self, config):
     super().__init__(config)
     check_objective(config)
     self.student = build_student(config)
     self.masked = config.decoder.kind != sami_model.NO_DECODER
+    self.pixels = config.get("target", "features") == "pixels"
     self.cache_dir = config.teacher.get("cache_dir")
-    self.teacher = Teacher(config.teacher,
-                           need_weights=not (config.compile_only or self.cache_dir))
+    if self.pixels:
+      self.teacher = None
+      self.patch_size = self.student.encoder.patch_size
+    else:
+      self.teacher = Teacher(config.teacher,
+                             need_weights=not (config.compile_only or self.cache_dir))
+      self.patch_size = self.teacher.encoder_config.patch_size
     # Student (patch 16, or TinyViT's stride 16) and teacher share one token grid.
-    self.grid = config.data.image_size // self.teacher.encoder_config.patch_size
+    self.grid = config.data.image_size // self.patch_size
     self.num_tokens = self.grid ** 2
     self.keep = masking.num_kept(self.num_tokens, config.mask_ratio)
     self._held_out = self._held_out_batches()
@@ -154,10 +195,12 @@ class SamiTask(loop.Task):
     return data.make_train_iterator(self.config)
 
   def abstract_teacher(self, mesh, rules, min_size):
-    return None if self.cache_dir else self.teacher.abstract_params(mesh, rules, min_size)
+    if self.cache_dir or self.pixels:
+      return None
+    return self.teacher.abstract_params(mesh, rules, min_size)
 
   def load_teacher(self, abstract_teacher):
-    return None if self.cache_dir else self.teacher.load_params(abstract_teacher)
+    return None if abstract_teacher is None else self.teacher.load_params(abstract_teacher)
 
   def loss_fn(self, params, teacher_params, batch, step):
     """Reconstruction loss of one batch: images (B, S, S, 3), valid (B,), and with a cache
@@ -222,7 +265,9 @@ class SamiTask(loop.Task):
     """(student output (B, N, C), target (B, N, C) float32, masked (B, N), valid (B,))."""
     images, valid = batch["image"], batch["valid"]
     b = images.shape[0]
-    if self.cache_dir:
+    if self.pixels:  # MAE: the normalised input's own patches
+      target = patchify(images, self.patch_size)
+    elif self.cache_dir:
       target = batch["target"]
     else:  # the teacher is data: evaluated, never differentiated
       target = jax.lax.stop_gradient(self.teacher.apply(teacher_params, images))

@@ -4,6 +4,11 @@ Loaded once (a released SAM `.pth`, a converted JAX checkpoint, or fixed-seed ra
 for demos), optionally cast to bf16, placed by the same sharding rules as the student (so
 ViT-H can be FSDP-split when it does not fit replicated), passed into the train step as an
 argument and never differentiated or checkpointed.
+
+`teacher.size="model"`: the teacher is the image encoder (with its neck, 256 channels) of
+whatever EfficientSAM model `teacher.checkpoint` holds: a released or converted file, or a
+finetuning workdir of any shape (the miniature experiment's own trained teacher). Its weights
+are read when the Teacher is built, also for compile_only.
 """
 import jax
 import jax.numpy as jnp
@@ -12,17 +17,37 @@ from absl import logging
 
 from efficientsam_jax.errors import UserError, in_context
 from efficientsam_jax.io import checkpoints, model_files, paths
-from efficientsam_jax.models import sam_encoder, state_dict
+from efficientsam_jax.models import efficient_sam, sam_encoder, state_dict, vit
 from efficientsam_jax.train import sharding
 
 OUTPUTS = ("neck", "blocks")
 DTYPES = ("float32", "bfloat16")
+MODEL = "model"  # teacher.size: the encoder of the EfficientSAM model in teacher.checkpoint
+MODEL_FEATURES = 256  # EfficientSAM's neck width
 
 
 def feature_dim(cfg) -> int:
   """Channels of the teacher features the student regresses (`config.teacher`)."""
+  if cfg.size == MODEL:
+    return MODEL_FEATURES
   encoder = sam_encoder.SamEncoderConfig.from_name(cfg.size)
   return encoder.out_channels if cfg.output == "neck" else encoder.width
+
+
+def _model_encoder(path: str):
+  """(ViTConfig with the neck, numpy encoder params) of the EfficientSAM model at `path`."""
+  try:
+    loaded = model_files.load(path)
+  except UserError as e:
+    raise in_context(e, "config.teacher.checkpoint") from None
+  if loaded.family is not efficient_sam.FAMILY:
+    raise UserError(f"config.teacher.checkpoint {path} holds {loaded.name}; teacher.size="
+                    "'model' takes an EfficientSAM model (use teacher.size=vit_b|vit_l|vit_h "
+                    "for a SAM encoder)")
+  c = loaded.config
+  config = vit.ViTConfig.from_name(efficient_sam.FAMILY.models[c.name],
+                                   neck_channels=c.embed_dim, **dict(c.encoder_overrides))
+  return config, loaded.params["image_encoder"]
 
 
 class Teacher:
@@ -33,9 +58,9 @@ class Teacher:
   """
 
   def __init__(self, cfg, need_weights: bool = True):
-    if cfg.size not in sam_encoder.SAM_SIZES:
+    if cfg.size not in sam_encoder.SAM_SIZES and cfg.size != MODEL:
       raise UserError(f"config.teacher.size {cfg.size!r} is not one of "
-                      f"{sorted(sam_encoder.SAM_SIZES)}")
+                      f"{sorted(sam_encoder.SAM_SIZES) + [MODEL]}")
     if cfg.output not in OUTPUTS:
       raise UserError(f"config.teacher.output must be one of {OUTPUTS}, got {cfg.output!r}")
     if cfg.dtype not in DTYPES:
@@ -50,10 +75,21 @@ class Teacher:
     self.size, self.output, self.seed = cfg.size, cfg.output, int(cfg.seed)
     self.checkpoint = cfg.checkpoint or None
     self.dtype = jnp.dtype(cfg.dtype)
-    self.encoder_config = sam_encoder.SamEncoderConfig.from_name(cfg.size)
     self.feature_dim = feature_dim(cfg)
-    self._model = sam_encoder.SamImageEncoder(self.encoder_config, output=cfg.output,
-                                              dtype=self.dtype)
+    self._model_params = None
+    if cfg.size == MODEL:
+      if not self.checkpoint:
+        raise UserError("config.teacher.size='model' reads the teacher from "
+                        "config.teacher.checkpoint (an EfficientSAM file or workdir): not set")
+      if cfg.output != "neck":
+        raise UserError("config.teacher.size='model' gives the neck's features: "
+                        "teacher.output must be 'neck'")
+      self.encoder_config, self._model_params = _model_encoder(self.checkpoint)
+      self._model = vit.ImageEncoder(self.encoder_config, self.dtype)
+    else:
+      self.encoder_config = sam_encoder.SamEncoderConfig.from_name(cfg.size)
+      self._model = sam_encoder.SamImageEncoder(self.encoder_config, output=cfg.output,
+                                                dtype=self.dtype)
 
   def apply(self, teacher_params, images):
     """images (B, S, S, 3) -> targets (B, S/16, S/16, C) in the teacher's dtype: a bf16
@@ -65,8 +101,9 @@ class Teacher:
   def abstract_params(self, mesh, rules=(), min_size: int = 2**16):
     """ShapeDtypeStructs of the weights (in the teacher's dtype) carrying the shardings they
     will have, by the same rules as the student's. Reads no file."""
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, self.dtype),
-                          sam_encoder.abstract_params(self.encoder_config))
+    params = (self._model_params if self._model_params is not None
+              else sam_encoder.abstract_params(self.encoder_config))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), self.dtype), params)
     return sharding.with_shardings(shapes, sharding.tree_shardings(mesh, shapes, rules,
                                                                    min_size))
 
@@ -78,6 +115,8 @@ class Teacher:
 
   def _host_params(self) -> dict:
     """The encoder weights (float32 numpy), strictly checked against the configured size."""
+    if self._model_params is not None:
+      return self._model_params
     if self.checkpoint is None:
       logging.info("teacher: SAM %s with fixed-seed (%d) random weights", self.size,
                    self.seed)
