@@ -14,9 +14,7 @@ not add up to height x width into uninitialised memory, and hangs or exhausts me
 polygon with NaN coordinates.
 """
 import dataclasses
-import json
 import math
-import os
 import posixpath
 from urllib.parse import urlparse
 

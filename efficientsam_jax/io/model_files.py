@@ -154,7 +154,7 @@ def load_workdir(directory: str, model: str | None = None) -> LoadedModel:
 
 def workdir_trainer(path: str) -> str | None:
   """The trainer that wrote a training workdir (its config.json), None for anything else."""
-  if not os.path.isdir(path) or not checkpoints.is_training_workdir(path):
+  if not paths.is_dir(path) or not checkpoints.is_training_workdir(path):
     return None
   return _workdir_config(path).get("trainer")
 
@@ -175,10 +175,11 @@ def encoder_params(path: str, abstract_encoder) -> dict:
   the result has no `neck_*` entries (the caller initialises them). UserError names a
   missing, unexpected or misfit tensor.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
+    paths.check_bucket(path)
     raise UserError(f"{path}: no such file or directory")
   try:
-    if os.path.isdir(path):
+    if paths.is_dir(path):
       params = (checkpoints.latest_workdir_params(path) if checkpoints.is_training_workdir(path)
                 else checkpoints.restore_params(path)[0])
       if not isinstance(params, dict) or "image_encoder" not in params:
@@ -327,7 +328,7 @@ def convert(input_path: str, output_path: str, model: str | None = None,
 
 
 def _convert_other(input_path: str, output_path: str, model: str | None, fmt: str) -> str:
-  if os.path.abspath(output_path) == os.path.abspath(input_path):
+  if paths.same_file(output_path, input_path):
     raise UserError(f"--output is the input {input_path}; choose a new output path")
   if fmt == "safetensors":
     if not is_safetensors_path(output_path):
@@ -337,7 +338,7 @@ def _convert_other(input_path: str, output_path: str, model: str | None, fmt: st
     loaded = load(input_path, model)
     save_safetensors(output_path, loaded)
     return loaded.name
-  if os.path.exists(output_path) and not os.path.isdir(output_path):
+  if paths.exists(output_path) and not paths.is_dir(output_path):
     raise UserError(f"--format=onnx writes into a folder; {output_path} is a file")
   try:
     from efficientsam_jax.export import onnx_export  # pylint: disable=g-import-not-at-top

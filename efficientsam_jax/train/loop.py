@@ -14,7 +14,6 @@ the step loop and what each failure during it leaves behind belong in one place.
 """
 import abc
 import contextlib
-import json
 import time
 from typing import Callable
 
