@@ -142,7 +142,11 @@ class EfficientSamTask(loop.Task):
     try:
       encoder = model_files.encoder_params(path, fresh["image_encoder"])
     except UserError as e:
-      raise UserError(f"config.init_from: the image encoder does not fit "
+      try:  # name what the workdir holds, as a released model's misfit does
+        held = f" holds {model_files.load_workdir(path).name}:"
+      except UserError:
+        held = ":"
+      raise UserError(f"config.init_from {path}{held} its image encoder does not fit "
                       f"{self.model_config.name} as configured: {e}") from None
     fresh["image_encoder"] = {**fresh["image_encoder"], **encoder}
     logging.info("initialised the image encoder from %s (%s workdir; %s fresh)", path,
