@@ -59,8 +59,16 @@ def finetuned(store, coco, init_pt):
   workdir = f"{store}/finetune"
   proc = run(workdir, "--config.data.source=coco", f"--config.data.path={images}",
              f"--config.data.annotations={annotations}", f"--config.init_from={init_pt}",
+             # Evaluation during training reads its COCO set from the bucket too (the training
+             # images here: this checks the reading, not generalisation).
+             f"--config.eval.images={images}", f"--config.eval.annotations={annotations}",
              "--config.total_steps=10", config=FT_SMOKE)
   assert f"initialised from {init_pt}" in proc.stderr
+  from efficientsam_jax.io import paths
+  # The held-out evaluation at step 10 ran, and kept its best parameters in the bucket.
+  last = json.loads(paths.read_text(f"{workdir}/metrics.jsonl").splitlines()[-1])
+  assert "eval/box_miou" in last
+  assert paths.exists(f"{workdir}/best/config.json")
   return workdir
 
 
