@@ -490,6 +490,6 @@ def test_mistakes_are_one_line_exit_2_and_inputs_stay(demo_set, tmp_path, case):
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("evaluate: error: ")
-  assert {"output_is_input": "is the --annotations input", "no_file_name": "images[1]",
+  assert {"output_is_input": "is also --annotations", "no_file_name": "images[1]",
           "bad_prompt": "point0"}[case] in last
   assert open(paths["annotations"], "rb").read() == before
