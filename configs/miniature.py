@@ -47,6 +47,7 @@ def get_config(arg=None):
   t.total_steps = 1500
   t.checkpoint_every = 500
   t.log_every = 50
+  t.eval.every = 0  # stages are scored on the miniature's own splits after training
   c.teacher = t
 
   # The student: narrower and shallower than the teacher.
@@ -78,6 +79,7 @@ def get_config(arg=None):
   f.prompts.update(box_probability=0.5, refine_iters=0)
   f.total_steps = 400
   f.optimizer.update(lr=1e-3, warmup_steps=40)
+  f.eval.every = 0
   f.log_every = 20
   f.checkpoint_every = 400
   c.finetune = f
