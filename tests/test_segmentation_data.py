@@ -54,7 +54,7 @@ def test_demo_shapes_are_few_large_and_do_not_overlap():
   # mask must cover several of them (an SA-1B mask covers hundreds of 64 x 64 at 1024 px).
   counts, areas = [], []
   for index in range(30):
-    image, masks = demo_sa1b.demo_sample(0, index, 96)
+    image, masks = demo_sa1b.demo_sample(0, index, 96, "plain")  # the demo's style
     assert image.shape == (96, 96, 3) and image.dtype == np.uint8
     assert len(masks) <= demo_sa1b.MAX_SHAPES
     assert np.sum(masks, axis=0).max(initial=0) <= 1  # visible parts are disjoint
