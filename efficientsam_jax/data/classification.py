@@ -14,13 +14,13 @@ random erasing (data/randaugment.py). Evaluation view: shorter side resized to
 image_size / crop_pct (bicubic), centre crop, normalisation. An unreadable image yields
 valid=0 (weighted out, counted).
 """
-import os
 
 import numpy as np
 from PIL import Image
 
 from efficientsam_jax.data import randaugment, scenes, sources, transforms
 from efficientsam_jax.errors import UserError
+from efficientsam_jax.io import paths
 
 
 class TfdsLabelledSource:
@@ -43,9 +43,10 @@ class TfdsLabelledSource:
 
 def class_names(root: str) -> list[str]:
   """The sorted names of the class sub-folders of `root` (UserError if there are none)."""
-  if not os.path.isdir(root):
+  if not paths.is_dir(root):
+    paths.check_bucket(root, "data.path")
     raise UserError(f"image folder {root!r} does not exist or is not a directory")
-  names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  names = sorted(d for d in paths.list_dir(root) if paths.is_dir(paths.join(root, d)))
   if not names:
     raise UserError(f"image folder {root!r} has no class sub-folders (one folder per class)")
   return names
@@ -60,8 +61,8 @@ class LabelledFolderSource:
     self.classes = classes or class_names(root)
     self._files = []
     for label, name in enumerate(self.classes):
-      folder = os.path.join(root, name)
-      if os.path.isdir(folder):
+      folder = paths.join(root, name)
+      if paths.is_dir(folder):
         self._files += [(path, label) for path in sources.list_image_files(folder)]
     if not self._files:
       raise UserError(f"image folder {root!r} holds no images in its class sub-folders")
@@ -72,8 +73,7 @@ class LabelledFolderSource:
   def __getitem__(self, index: int) -> dict:
     path, label = self._files[index]
     try:
-      with open(path, "rb") as f:
-        return {"image": f.read(), "label": label}
+      return {"image": paths.read_bytes(path), "label": label}
     except OSError:
       return {"image": b"", "label": label}
 
