@@ -246,3 +246,19 @@ def test_every_randaugment_operation_at_every_strength():
   for name in ("rotate", "shear_x", "translate_y", "brightness", "solarize_add"):
     out = randaugment.apply_op(Image.fromarray(image), name, 0.0, np.random.default_rng(1))
     np.testing.assert_array_equal(np.asarray(out), image, err_msg=name)
+
+
+def test_labelled_folder_lists_class_folders_in_order_and_reads_bytes(tmp_path):
+  from efficientsam_jax.data import classification
+  from efficientsam_jax.errors import UserError
+  for name, files in (("cat", ["a.jpg", "b.png"]), ("ant", ["c.jpeg"])):
+    (tmp_path / name).mkdir()
+    for file in files:
+      (tmp_path / name / file).write_bytes(name.encode() + file.encode())
+  (tmp_path / "notes.txt").write_text("not a class")
+  source = classification.LabelledFolderSource(str(tmp_path))
+  assert source.classes == ["ant", "cat"]
+  got = sorted((source[i]["label"], source[i]["image"]) for i in range(len(source)))
+  assert got == [(0, b"antc.jpeg"), (1, b"cata.jpg"), (1, b"catb.png")]
+  with pytest.raises(UserError, match="has no class sub-folders"):
+    classification.LabelledFolderSource(str(tmp_path / "cat"))
