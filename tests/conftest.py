@@ -5,12 +5,20 @@ CI can never pass them by skipping.
 """
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import uuid
 
 # Must happen before jax is imported anywhere: sharded code is tested on 8 fake devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run, inherited by every subprocess: most of a
+# smoke training's time is compiling its step, and many tests train the same recipe. pytest-xdist
+# workers inherit this environment, so they share it too. The run's first process removes it.
+_CACHE_OWNER = "PYTEST_XDIST_WORKER" not in os.environ
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"efficientsam-jax-tests-{os.getpid()}", "jax_cache"))
 
 import pytest  # noqa: E402
 
@@ -89,3 +97,23 @@ def read_only_gcs(gcs_server_url):
     yield gcs_server.server_env(proxy.url)
   finally:
     proxy.close()
+
+
+# The README's test command runs two pytest-xdist workers, each taking whole files
+# (`--dist loadfile`, so a module's shared training runs once) in collection order. The files
+# that take longest go first, so the two workers finish together instead of one waiting on a
+# long file dealt last (minutes each on 2 cores; the rest follow alphabetically).
+LONGEST_FIRST = ("test_runtime.py", "test_distill.py", "test_finetune.py", "test_notebook.py",
+                 "test_miniature.py", "test_buckets.py", "test_train_sami.py", "test_bench.py",
+                 "test_predict.py", "test_precision.py", "test_compile_for.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps file order
+
+
+def pytest_sessionfinish(session):
+  # The controller (or the only process) removes the run's compilation cache.
+  if _CACHE_OWNER and "efficientsam-jax-tests-" in os.environ["JAX_COMPILATION_CACHE_DIR"]:
+    shutil.rmtree(os.path.dirname(os.environ["JAX_COMPILATION_CACHE_DIR"]), ignore_errors=True)

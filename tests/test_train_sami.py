@@ -15,16 +15,9 @@ import pytest
 from sami_runs import REPO, checkpoint_steps, env, losses as _losses, popen, run as _run
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """A persistent compilation cache for the runs of the one smoke step (the same executable,
-  so the same numbers): each run after the first skips compiling it."""
-  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, cache):
+def reference_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
-  _run(workdir, **cache)
+  _run(workdir)
   return workdir
 
 
@@ -61,7 +54,7 @@ def test_sigkill_after_first_checkpoint_then_restart_logs_identical_losses(refer
 
 
 def test_bucket_workdir_killed_after_its_first_checkpoint_resumes_to_the_local_losses(
-    reference_run, bucket, cache):
+    reference_run, bucket):
   """The whole workdir in Cloud Storage (a local server): config, metrics, TensorBoard and
   Orbax checkpoints, and the teacher's weights read from there (the demo's fixed-seed random
   teacher, stored: the same numbers); SIGKILL once the first checkpoint is committed, then
@@ -76,14 +69,14 @@ def test_bucket_workdir_killed_after_its_first_checkpoint_resumes_to_the_local_l
                           {"model": f"sam {demo_teacher.size} image encoder"})
   workdir = f"{bucket}/sami"
   overrides = (f"--config.teacher.checkpoint={teacher}", "--config.teacher.random_init=False")
-  proc = popen(workdir, *overrides, **cache)
+  proc = popen(workdir, *overrides)
   deadline = time.time() + 300
   while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] < 40, "killed too late"
-  restarted = _run(workdir, *overrides, **cache)
+  restarted = _run(workdir, *overrides)
   assert "resuming from step" in restarted.stderr
   expected, got = _losses(reference_run), _losses(workdir)
   assert sorted(got) == sorted(expected)
@@ -111,7 +104,7 @@ def test_another_model_or_trainer_on_a_workdir_with_checkpoints_is_refused(refer
 
 
 def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(reference_run,
-                                                                           tmp_path, cache):
+                                                                           tmp_path):
   workdir = str(tmp_path / "w")
   shutil.copytree(reference_run, workdir)
   data_files = [os.path.join(d, n) for d, _, names in
@@ -120,7 +113,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(refe
   half = os.path.getsize(biggest) // 2
   with open(biggest, "r+b") as f:
     f.truncate(half)
-  proc = _run(workdir, **cache)
+  proc = _run(workdir)
   damaged = [l for l in proc.stderr.splitlines() if "checkpoint 40 is damaged" in l]
   assert len(damaged) == 1 and "checkpoints_damaged" in damaged[0], proc.stderr[-3000:]
   assert "resuming from step 30" in proc.stderr
@@ -132,13 +125,12 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_restored(refe
     assert got[step] == pytest.approx(loss, rel=1e-6), step
 
 
-def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(tmp_path,
-                                                                              cache):
+def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(tmp_path):
   """After the first checkpoint, the run may write no file beyond 64 KiB (RLIMIT_FSIZE set
   on the live process: EFBIG, as a full disk gives ENOSPC): metrics still fit, the next
   checkpoint's data files do not."""
   workdir = str(tmp_path / "w")
-  proc = popen(workdir, **cache)
+  proc = popen(workdir)
   deadline = time.time() + 300
   while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.01)
@@ -155,7 +147,7 @@ def test_disk_filling_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
 
 
 def test_bucket_refusing_writes_mid_run_ends_with_one_line_and_the_last_checkpoint_intact(
-    bucket, gcs_server_url, cache):
+    bucket, gcs_server_url):
   """Write permission withdrawn after the first checkpoint (a proxy answers 403 from then
   on): not a transient error, so no retries; one line, status 2, checkpoint 10 intact."""
   import gcs_server
@@ -165,7 +157,7 @@ def test_bucket_refusing_writes_mid_run_ends_with_one_line_and_the_last_checkpoi
       deny=lambda method, path: blocked["writes"] and method not in ("GET", "HEAD"))
   workdir = f"{bucket}/revoked"
   try:
-    proc = popen(workdir, **gcs_server.server_env(proxy.url), **cache)
+    proc = popen(workdir, **gcs_server.server_env(proxy.url))
     deadline = time.time() + 300
     while not checkpoint_steps(workdir) and proc.poll() is None and time.time() < deadline:
       time.sleep(0.05)
