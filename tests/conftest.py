@@ -15,10 +15,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole run, inherited by every subprocess: most of a
 # smoke training's time is compiling its step, and many tests train the same recipe. pytest-xdist
-# workers inherit this environment, so they share it too. The run's first process removes it.
-_CACHE_OWNER = "PYTEST_XDIST_WORKER" not in os.environ
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(), f"efficientsam-jax-tests-{os.getpid()}", "jax_cache"))
+# workers inherit this environment, so they share it too. The process that made it (the
+# controller, or the only process) removes it; a cache the user set is theirs and is kept.
+_RUN_CACHE_ROOT = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _RUN_CACHE_ROOT = os.path.join(tempfile.gettempdir(), f"efficientsam-jax-tests-{os.getpid()}")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(_RUN_CACHE_ROOT, "jax_cache")
 
 import pytest  # noqa: E402
 
@@ -114,6 +116,5 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_sessionfinish(session):
-  # The controller (or the only process) removes the run's compilation cache.
-  if _CACHE_OWNER and "efficientsam-jax-tests-" in os.environ["JAX_COMPILATION_CACHE_DIR"]:
-    shutil.rmtree(os.path.dirname(os.environ["JAX_COMPILATION_CACHE_DIR"]), ignore_errors=True)
+  if _RUN_CACHE_ROOT is not None:
+    shutil.rmtree(_RUN_CACHE_ROOT, ignore_errors=True)

@@ -74,19 +74,26 @@ def test_sigkill_then_restart_gives_the_uninterrupted_losses(reference, tmp_path
     assert got[step] == pytest.approx(loss, rel=1e-6), step
 
 
+@pytest.fixture(scope="module")
+def released_pt(reference, tmp_path_factory):
+  """The reference workdir converted once to the released .pt format."""
+  from efficientsam_jax.io import model_files
+  out = str(tmp_path_factory.mktemp("released") / "finetuned.pt")
+  assert model_files.convert(reference, out) == "efficientsam_vitt"
+  return out
+
+
 def test_workdir_converts_to_the_released_format_and_predicts_like_the_jax_model(
-    reference, tmp_path):
+    reference, released_pt):
   from efficientsam_jax.inference.predictor import Predictor
-  from efficientsam_jax.io import checkpoints, model_files, torch_files
+  from efficientsam_jax.io import checkpoints, torch_files
   from efficientsam_jax.models import efficient_sam as es
   from efficientsam_jax.models.family import ModelConfig
-  out = str(tmp_path / "finetuned.pt")
-  assert model_files.convert(reference, out) == "efficientsam_vitt"
-  state_dict = torch_files.load(out)["model"]
+  state_dict = torch_files.load(released_pt)["model"]
   assert len(state_dict) == 278
   image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
   boxes = np.array([[5, 6, 40, 30], [30, 10, 70, 44]], np.float32)
-  predictor = Predictor.from_checkpoint(out, image_size=64)
+  predictor = Predictor.from_checkpoint(released_pt, image_size=64)
   predictor.set_image(image)
   got = predictor.predict(boxes=boxes)
   params = checkpoints.latest_workdir_params(reference)
@@ -99,13 +106,11 @@ def test_workdir_converts_to_the_released_format_and_predicts_like_the_jax_model
   np.testing.assert_allclose(got["logits"], np.asarray(logits[0]), atol=1e-3)
 
 
-def test_workdir_converts_to_the_released_parameter_names(reference, tmp_path, fixtures_dir):
-  from efficientsam_jax.io import model_files, torch_files
-  out = str(tmp_path / "finetuned.pt")
-  model_files.convert(reference, out)
+def test_workdir_converts_to_the_released_parameter_names(released_pt, fixtures_dir):
+  from efficientsam_jax.io import torch_files
   with open(fixtures_dir / "state_dict_manifest.json") as f:
     released = dict(json.load(f)["vitt"])  # name -> shape, of the official release's file
-  ours = {name: list(value.shape) for name, value in torch_files.load(out)["model"].items()}
+  ours = {name: list(value.shape) for name, value in torch_files.load(released_pt)["model"].items()}
   assert set(ours) == set(released)
   # The position table is stored at the pretraining size (224 px) in both files.
   assert all(ours[name] == released[name] for name in released), [
