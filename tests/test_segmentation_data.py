@@ -171,10 +171,13 @@ def test_pipeline_gives_static_batches_and_resumes_from_its_state(sa1b_dir):
 
 def test_low_res_mask_is_the_half_coverage_of_whole_pixel_bins():
   """Against an explicit sum over each low-res pixel's bin (source pixels whose centres fall
-  in it), for bool, C- and column-major (pycocotools') masks, shrinking and enlarging."""
+  in it), for bool, C- and column-major (pycocotools') masks and their compressed RLE,
+  shrinking and enlarging; (11, 46, 2) has bins of 115-138 pixels (a count over 127 once
+  overflowed the byte sums' comparison)."""
   rng = np.random.default_rng(0)
-  for h, w, size in ((150, 225, 16), (64, 64, 8), (37, 53, 16), (8, 12, 16)):
-    mask = rng.uniform(size=(h, w)) < rng.uniform(0.2, 0.8)
+  for h, w, size, density in ((150, 225, 16, 0.5), (64, 64, 8, 0.3), (37, 53, 16, 0.7),
+                              (8, 12, 16, 0.5), (11, 46, 2, 0.95), (11, 46, 2, 1.0)):
+    mask = rng.uniform(size=(h, w)) < density
     rows = ((np.arange(h) + 0.5) * size / h).astype(int)
     cols = ((np.arange(w) + 0.5) * size / w).astype(int)
     expected = np.zeros((size, size), np.uint8)
@@ -186,8 +189,31 @@ def test_low_res_mask_is_the_half_coverage_of_whole_pixel_bins():
         else:  # enlarging: the nearest source pixel
           expected[i, j] = mask[min(int((i + 0.5) * h / size), h - 1),
                                 min(int((j + 0.5) * w / size), w - 1)]
-    for variant in (mask, mask.astype(np.uint8), np.asfortranarray(mask.astype(np.uint8))):
+    column_major = np.asfortranarray(mask.astype(np.uint8))
+    for variant in (mask, mask.astype(np.uint8), column_major):
       np.testing.assert_array_equal(segmentation.low_res_mask(variant, size), expected)
+    rle = mask_utils.encode(column_major)
+    np.testing.assert_array_equal(segmentation.low_res_mask_from_rle(rle, size), expected)
+
+
+def test_low_res_masks_from_runs_equal_the_decoded_masks_at_sa1b_size():
+  """The transform's run-based low-res masks (no full-size decode) against low_res_mask of the
+  decoded mask: blobs of many sizes, and masks whose runs span whole columns, an empty and a
+  full one, 1500 x 2250 -> 256 (each bin about 52 pixels)."""
+  from efficientsam_jax.bench import data as bench_data
+  rng = np.random.default_rng(2)
+  h, w = 1500, 2250
+  anns = bench_data.random_masks(rng, h, w, 12)
+  rles = [segmentation.to_rle(a["segmentation"], h, w) for a in anns]
+  columns = np.zeros((h, w), np.uint8)
+  columns[:, 300:1700] = 1
+  columns[:700, 1700] = 1  # a run from whole columns into a partial one
+  columns[900:, 299] = 1
+  for mask in (columns, np.zeros((h, w), np.uint8), np.ones((h, w), np.uint8)):
+    rles.append(mask_utils.encode(np.asfortranarray(mask)))
+  for rle in rles:
+    np.testing.assert_array_equal(segmentation.low_res_mask_from_rle(rle, 256),
+                                  segmentation.low_res_mask(mask_utils.decode(rle), 256))
 
 
 def test_boxes_from_runs_equal_the_decoded_masks_boxes():
