@@ -85,6 +85,10 @@ def run_settings(c: ml_collections.ConfigDict) -> None:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  # Gradient accumulation: each step's batch goes through the model in this many equal parts
+  # (each device's rows split alike) and their gradients are averaged before the one update:
+  # the recipe's batch with a fraction of the activation memory.
+  c.microbatches = 1
   c.async_checkpointing = True
   # A model to start from when the workdir has no checkpoint (released .pt, JAX checkpoint,
   # or another workdir).

@@ -292,7 +292,8 @@ def test_the_task_loss_and_optimizer_fit_a_fixed_batch():
 
   @jax.jit
   def step(params, state, i):
-    (loss, _), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, None, batch, i)
+    rng = jax.random.fold_in(jax.random.key(config.seed), i)
+    (loss, _), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, None, batch, rng)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 

@@ -26,14 +26,13 @@ def test_mae_target_is_normalised_pixels_of_masked_patches():
   params = jax.jit(task.init_params)(jax.random.key(0))
   images = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
   valid = jnp.array([1, 1, 0])
-  step = 7
-  loss, _ = task.loss_fn(params, None, {"image": images, "valid": valid}, step)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 7)  # the shared loop's key of step 7
+  loss, _ = task.loss_fn(params, None, {"image": images, "valid": valid}, rng)
   # The same loss by hand: patches in token order, each normalised over its 16*16*3 values,
   # squared error averaged over the masked tokens of valid images.
   b, n = 3, 4
   keep = masking.num_kept(n, config.mask_ratio)
-  ids_keep, ids_masked, ids_restore = masking.random_masking(
-      jax.random.fold_in(jax.random.key(config.seed), step), b, n, keep)
+  ids_keep, ids_masked, ids_restore = masking.random_masking(rng, b, n, keep)
   pred = np.asarray(task.student.apply({"params": params}, images, ids_keep, ids_masked,
                                        ids_restore))
   x = np.asarray(images)

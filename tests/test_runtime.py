@@ -189,6 +189,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_skip_policy_carries_on(tmp_pat
     (["--config.data.source=folder", "--config.data.path=/nonexistent/images"], "/nonexistent"),
     (["--config.mesh.data=3"], "mesh"),
     (["--config.nonfinite_policy=ignore"], "nonfinite_policy"),
+    (["--config.microbatches=3"], "microbatches"),  # 8 images per device: not in 3 parts
 ])
 def test_bad_setup_is_a_one_line_error_before_compiling(tmp_path, overrides, message):
   proc = run(str(tmp_path), *overrides, check=False)

@@ -69,7 +69,7 @@ def multiple_of(config, key: str, factor: int) -> None:
 def run_settings(config) -> None:
   """What every trainer reads: steps, batch, logging, checkpoints, mesh, guards, AdamW."""
   at_least(config, 1, "total_steps", "batch_size", "log_every", "checkpoint_every",
-           "keep_checkpoints")
+           "keep_checkpoints", "microbatches")
   for axis in ("mesh.data", "mesh.fsdp"):
     got = _number(config, axis)
     if got != -1 and got < 1:

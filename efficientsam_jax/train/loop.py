@@ -52,9 +52,11 @@ class Task(abc.ABC):
     """rng -> params (pure; jitted with the parameters' output shardings)."""
 
   @abc.abstractmethod
-  def loss_fn(self, params, teacher, batch, step):
+  def loss_fn(self, params, teacher, batch, rng):
     """-> (scalar loss, dict of scalar metrics); the metrics include "valid_images" (the
-    count of real examples in the batch). `teacher` is `load_teacher`'s arrays or None."""
+    count of real examples in the batch). `teacher` is `load_teacher`'s arrays or None.
+    `rng`: the key of this step (fold_in(key(config.seed), step)), or of this microbatch of
+    the step (that key folded with the microbatch's index) with config.microbatches > 1."""
 
   @abc.abstractmethod
   def batch_spec(self) -> dict:
@@ -96,20 +98,64 @@ class Task(abc.ABC):
     return None
 
 
-def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool):
+def _float0_to_zeros(grads, params):
+  # allow_int: integer leaves (BatchNorm's num_batches_tracked counter in TinyViT) get
+  # float0 gradients; they become zeros of the leaf's dtype, and the optimiser freezes them.
+  return jax.tree.map(
+      lambda g, p: jnp.zeros_like(p) if g.dtype == jax.dtypes.float0 else g, grads, params)
+
+
+def accumulated_value_and_grad(loss_fn: Callable, microbatches: int):
+  """(params, teacher, batch, rng) -> ((loss, metrics), grads) of `loss_fn` over the whole
+  batch, computed in `microbatches` parts one after another (gradient accumulation).
+
+  Each device's rows of the batch are split alike (microbatch i takes every n-th of them), so
+  no example moves between devices. Loss, gradients and metrics are the means over the parts,
+  except "valid_images", their sum; microbatch i draws its random numbers from
+  fold_in(rng, i). With one microbatch: `loss_fn` on the whole batch with `rng` itself.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)
+  n = microbatches
+
+  def whole(params, teacher, batch, rng):
+    (loss, metrics), grads = grad_fn(params, teacher, batch, rng)
+    return (loss, metrics), _float0_to_zeros(grads, params)
+
+  if n == 1:
+    return whole
+
+  def accumulated(params, teacher, batch, rng):
+    # (B, ...) -> (B/n, n, ...) is free and keeps the batch's device split on the B/n axis;
+    # part i is [:, i], sliced inside the loop (no transposed copy of the whole batch).
+    rows = jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]), batch)
+
+    def one_part(grad_sum, i):
+      part = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False), rows)
+      (loss, metrics), grads = whole(params, teacher, part, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, grad_sum, grads), (loss, metrics)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grad_sum, (losses, metrics) = jax.lax.scan(one_part, zeros, jnp.arange(n))
+    metrics = {k: jnp.sum(v) if k == "valid_images" else jnp.mean(v)
+               for k, v in metrics.items()}
+    mean = lambda g: g / n if jnp.issubdtype(g.dtype, jnp.floating) else g  # int: zeros
+    return (jnp.mean(losses), metrics), jax.tree.map(mean, grad_sum)
+
+  return accumulated
+
+
+def make_train_step(loss_fn: Callable, tx, schedule, skip_nonfinite: bool, seed: int,
+                    microbatches: int = 1):
   """(params, opt_state, teacher, batch, step) -> (params, opt_state, metrics).
 
   Metrics: the task's, plus loss, learning_rate, grad/update/param norms and, with
   skip_nonfinite, skipped_update (1 when a non-finite step was dropped).
   """
+  value_and_grad = accumulated_value_and_grad(loss_fn, microbatches)
 
   def train_step(params, opt_state, teacher, batch, step):
-    # allow_int: integer leaves (BatchNorm's num_batches_tracked counter in TinyViT) get
-    # float0 gradients; they become zeros of the leaf's dtype, and the optimiser freezes them.
-    (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)(
-        params, teacher, batch, step)
-    grads = jax.tree.map(
-        lambda g, p: jnp.zeros_like(p) if g.dtype == jax.dtypes.float0 else g, grads, params)
+    rng = jax.random.fold_in(jax.random.key(seed), step)
+    (loss, task_metrics), grads = value_and_grad(params, teacher, batch, rng)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.global_norm(grads)
@@ -154,6 +200,11 @@ class Setup:
     if config.batch_size % self.mesh.size:
       raise UserError(f"batch_size {config.batch_size} is not divisible by the "
                       f"{self.mesh.size} devices of the mesh")
+    self.microbatches = config.get("microbatches", 1)
+    if (config.batch_size // self.mesh.size) % self.microbatches:
+      raise UserError(f"config.microbatches ({self.microbatches}) must divide the "
+                      f"{config.batch_size // self.mesh.size} images each of the "
+                      f"{self.mesh.size} devices gets (batch_size {config.batch_size})")
     self.init_fn = task.init_params
     self.abstract_params = jax.eval_shape(self.init_fn, jax.random.key(config.seed))
     self.tx, self.schedule = optim.make_optimizer(config, self.abstract_params, task.frozen())
@@ -178,7 +229,8 @@ class Setup:
   def jitted_step(self):
     batch_shard = sharding.batch_sharding(self.mesh)
     step = make_train_step(self.task.loss_fn, self.tx, self.schedule,
-                           self.config.nonfinite_policy == "skip")
+                           self.config.nonfinite_policy == "skip", self.config.seed,
+                           self.microbatches)
     return jax.jit(
         step,
         in_shardings=(self.param_shardings, self.opt_shardings,
@@ -188,6 +240,22 @@ class Setup:
         out_shardings=(self.param_shardings, self.opt_shardings,
                        sharding.replicated(self.mesh)),
         donate_argnums=(0, 1))
+
+  def microbatch_flops(self) -> float | None:
+    """FLOPs of one microbatch's loss and gradients over the whole batch part (all devices),
+    counted on the program lowered for this host's default backend without sharding (a
+    TPU topology's lowering gives no count; the count is the program's, not the chip's);
+    None when the backend does not count them. A compiler's cost analysis counts a loop's
+    body once, so a step in n microbatches needs this to count the other n - 1."""
+    plain = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    part = {k: jax.ShapeDtypeStruct((shape[0] // self.microbatches,) + tuple(shape[1:]), dtype)
+            for k, (shape, dtype) in self.task.batch_spec().items()}
+    lowered = jax.jit(accumulated_value_and_grad(self.task.loss_fn, 1)).lower(
+        plain(self.abstract_params), plain(self.abstract_teacher), part,
+        jax.eval_shape(jax.random.key, 0))
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
 
   def compile(self):
     """Compiles the step from shapes alone: no weights, no data, no teacher file read."""

@@ -5,8 +5,8 @@ FLOPs). With `compile_for=TARGET` (a TPU slice or GPU machine, train/targets.py)
 compiled for that hardware, wherever this runs, and the report says whether it fits the
 chip's memory, the FLOPs per step, the step time and the days to train the whole recipe at
 40% and 100% of the chip's peak bf16 FLOP/s, and the images per second each host must feed.
-A step that does not fit is compiled again with each memory lever applied (half the per-chip
-batch, remat, FSDP, bf16 compute) and the one-line error says what each would need: measured,
+A step that does not fit is compiled again with each memory lever applied (twice the
+microbatches, remat, FSDP, bf16 compute) and the one-line error says what each would need: measured,
 not guessed.
 
 The TPU compiler refuses a program that does not fit the chip (RESOURCE_EXHAUSTED naming the
@@ -42,10 +42,11 @@ class Lever:
 def levers(config, chips: int) -> list[Lever]:
   """The memory levers that are not already pulled in `config`."""
   out = []
-  if config.batch_size // chips >= 2:
-    half = config.batch_size // 2
-    out.append(Lever("half the per-chip batch", f"--config.batch_size={half} (or 2x the chips)",
-                     lambda c: setattr(c, "batch_size", half)))
+  parts = config.get("microbatches", 1)
+  if (config.batch_size // chips) % (2 * parts) == 0:
+    # The recipe's batch, its gradient accumulated over twice as many parts.
+    out.append(Lever(f"microbatches={2 * parts}", f"--config.microbatches={2 * parts}",
+                     lambda c: setattr(c, "microbatches", 2 * parts)))
   key = MODEL_KEYS.get(config.trainer)
   model = config.get(key) if key else None
   if model is not None and not model.get("remat", False):
@@ -123,7 +124,14 @@ def measure(setup) -> dict:
                                            + out["temp_size_in_bytes"])
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  out["flops_per_step_per_device"] = float(cost["flops"]) if cost and "flops" in cost else None
+  flops = float(cost["flops"]) if cost and "flops" in cost else None
+  if flops and setup.microbatches > 1:
+    # The compiler counted the microbatch loop's body once: add the other parts' FLOPs, from
+    # one part's lowered program (all chips) shared evenly over the chips.
+    part = setup.microbatch_flops()
+    out["compiler_flops_per_step_per_device"] = flops
+    flops = flops + (setup.microbatches - 1) * part / setup.mesh.size if part else None
+  out["flops_per_step_per_device"] = flops
   return out
 
 

@@ -109,12 +109,12 @@ class ClassifyTask(loop.Task):
                       "number of classes)")
     return params
 
-  def loss_fn(self, params, teacher, batch, step):
+  def loss_fn(self, params, teacher, batch, rng):
     """Soft-target cross-entropy of one mixed batch (see batch_spec), averaged over valid
     examples."""
     del teacher
     c = self.config
-    key_mix, key_drop = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), step))
+    key_mix, key_drop = jax.random.split(rng)
     mix = c.mixing
     images, targets = mixing.mix_batch(
         key_mix, batch["image"], batch["label"], c.model.num_classes,

@@ -155,13 +155,12 @@ class EfficientSamTask(loop.Task):
                  else "neck, prompt encoder and mask decoder")
     return fresh
 
-  def loss_fn(self, params, teacher, batch, step):
+  def loss_fn(self, params, teacher, batch, rng):
     """Loss of one batch (see batch_spec); metrics of the first and the last prompt round."""
     del teacher
     c, p = self.config, self.config.prompts
     size = c.model.image_size
     apply = lambda *args, **kw: self.model.apply({"params": params}, *args, **kw)
-    rng = jax.random.fold_in(jax.random.key(c.seed), step)
     masks = batch["masks"].astype(bool)
     weights = batch["mask_valid"] * batch["valid"][:, None]
     embeddings = apply(batch["image"], method=self.model.encode)

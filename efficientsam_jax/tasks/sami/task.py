@@ -202,11 +202,11 @@ class SamiTask(loop.Task):
   def load_teacher(self, abstract_teacher):
     return None if abstract_teacher is None else self.teacher.load_params(abstract_teacher)
 
-  def loss_fn(self, params, teacher_params, batch, step):
+  def loss_fn(self, params, teacher_params, batch, rng):
     """Reconstruction loss of one batch: images (B, S, S, 3), valid (B,), and with a cache
     target (B, S/16, S/16, C) bfloat16."""
     loss_cfg = self.config.loss
-    pred, target, masked, valid = self._outputs(params, teacher_params, batch, step)
+    pred, target, masked, valid = self._outputs(params, teacher_params, batch, rng)
     loss = sami_losses.reconstruction_loss(
         pred, target, masked, valid, kind=loss_cfg.kind, masked_only=loss_cfg.masked_only,
         normalise_target=loss_cfg.normalise_target)
@@ -221,7 +221,8 @@ class SamiTask(loop.Task):
       return None
     if self._eval_step is None:
       def sums(p, t, batch):
-        pred, target, _, valid = self._outputs(p, t, batch, 0)
+        step_zero = jax.random.fold_in(jax.random.key(self.config.seed), 0)
+        pred, target, _, valid = self._outputs(p, t, batch, step_zero)
         per_image = sami_losses.per_token_loss(pred.astype(jnp.float32), target).mean(-1)
         return jnp.sum(per_image * valid), jnp.sum(valid)
       self._eval_step = jax.jit(sums)
@@ -261,7 +262,7 @@ class SamiTask(loop.Task):
       batches.append({k: np.stack([x[k] for x in examples]) for k in ("image", "valid")})
     return batches
 
-  def _outputs(self, params, teacher_params, batch, step):
+  def _outputs(self, params, teacher_params, batch, rng):
     """(student output (B, N, C), target (B, N, C) float32, masked (B, N), valid (B,))."""
     images, valid = batch["image"], batch["valid"]
     b = images.shape[0]
@@ -274,9 +275,8 @@ class SamiTask(loop.Task):
     target = target.astype(jnp.float32).reshape(b, self.num_tokens, -1)
     student_images = images.astype(self.student.dtype)
     if self.masked:
-      ids_keep, ids_masked, ids_restore = masking.random_masking(
-          jax.random.fold_in(jax.random.key(self.config.seed), step), b, self.num_tokens,
-          self.keep)
+      ids_keep, ids_masked, ids_restore = masking.random_masking(rng, b, self.num_tokens,
+                                                                 self.keep)
       masked = masking.masked_token_indicator(ids_restore, self.keep)
       pred = self.student.apply({"params": params}, student_images, ids_keep, ids_masked,
                                 ids_restore)
