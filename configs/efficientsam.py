@@ -32,9 +32,12 @@ def get_config(arg=None):
   # the mask upscaling in the backward pass (less activation memory, ~1/3 more compute).
   # encoder_width / encoder_heads: None = the size's (a demo or miniature model may be
   # narrower; such weights are not in a released format either).
+  # remat on and the batch in 2 microbatches: 2 images per chip on 64 chips, 64 masks each
+  # through 5 prompt rounds, need 39 GB per chip plain and 17.0 GB with remat alone; both
+  # together 13.6 GB, which fits v5e's 16 GB (docs/tpu.md).
   c.model = dict(size=v["size"], image_size=1024, encoder_depth=config_dict.placeholder(int),
                  encoder_width=config_dict.placeholder(int),
-                 encoder_heads=config_dict.placeholder(int), dtype="float32", remat=False)
+                 encoder_heads=config_dict.placeholder(int), dtype="float32", remat=True)
   c.data = dict(
       source="sa1b",  # "sa1b" (path: folders and/or .tar shards) | "coco" | "demo"
       path="", annotations="",  # annotations: COCO instances JSON (source="coco")
@@ -61,6 +64,7 @@ def get_config(arg=None):
   # init_from: a SAMI workdir (its encoder), a released EfficientSAM .pt, a JAX checkpoint or
   # a finetuning workdir; unset: fresh weights.
   common.run_settings(c)
+  c.microbatches = 2
   # Held-out mIoU during training: a COCO-format set (images folder + instances JSON), the
   # `evaluate` protocols (box, pointN), on at most max_images images (0: all). The demo sets
   # the images and annotations to its own held-out split.
@@ -75,6 +79,8 @@ def get_config(arg=None):
     c.model.update(image_size=image_size, encoder_depth=v["depth"])
     # The generated images hold at most 4 shapes (data/demo_sa1b.py): 4 mask slots, none
     # empty. lr 1e-3 learned faster than 2e-3 and 3e-3 here (docs/finetuning.md).
+    c.model.remat = False  # small enough for memory; remat would only cost time
+    c.microbatches = 1
     c.data.update(source="demo", image_size=image_size, mask_size=image_size // 4,
                   max_masks=4, worker_count=0)
     c.data.demo.update(num_train=2000, num_val=40, image_size=image_size)
@@ -88,7 +94,8 @@ def get_config(arg=None):
   if v["smoke"]:
     # The released architecture (12 blocks), so a smoke workdir converts to the .pt format;
     # both prompt kinds and one correction round: every code path in seconds.
-    c.model.update(image_size=64, encoder_depth=None)
+    c.model.update(image_size=64, encoder_depth=None, remat=False)
+    c.microbatches = 1
     c.data.update(source="demo", image_size=64, mask_size=16, max_masks=4, worker_count=0)
     c.data.demo.update(num_train=24, num_val=4, image_size=64)
     c.prompts.update(refine_iters=1, box_probability=0.5)
