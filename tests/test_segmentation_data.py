@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 from efficientsam_jax import data
 from efficientsam_jax.data import demo_sa1b, segmentation
+from efficientsam_jax.data import masks as mask_ops
 from efficientsam_jax.errors import UserError
 
 SIZE = 64
@@ -37,15 +38,15 @@ def test_rle_and_polygons_decode_like_pycocotools():
     for mask in masks:
       rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
       compressed = {"size": rle["size"], "counts": rle["counts"].decode()}  # as in the JSON
-      np.testing.assert_array_equal(segmentation.decode_mask(compressed, SIZE, SIZE), mask)
+      np.testing.assert_array_equal(mask_ops.decode_mask(compressed, SIZE, SIZE), mask)
   # Polygons (COCO) and uncompressed RLE go through pycocotools' own conversion.
   polygon = [[10.0, 10.0, 40.0, 10.0, 40.0, 30.0, 10.0, 30.0]]
   expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, SIZE, SIZE)))
-  np.testing.assert_array_equal(segmentation.decode_mask(polygon, SIZE, SIZE), expected > 0)
+  np.testing.assert_array_equal(mask_ops.decode_mask(polygon, SIZE, SIZE), expected > 0)
   assert abs(int(expected.sum()) - 31 * 21) < 60
   counts = [SIZE * 5, SIZE * 3, SIZE * (SIZE - 8)]  # column-major runs: columns 5..7 set
   np.testing.assert_array_equal(
-      segmentation.decode_mask({"size": [SIZE, SIZE], "counts": counts}, SIZE, SIZE),
+      mask_ops.decode_mask({"size": [SIZE, SIZE], "counts": counts}, SIZE, SIZE),
       _square(5, 0, 8, SIZE))
 
 
@@ -191,9 +192,9 @@ def test_low_res_mask_is_the_half_coverage_of_whole_pixel_bins():
                                 min(int((j + 0.5) * w / size), w - 1)]
     column_major = np.asfortranarray(mask.astype(np.uint8))
     for variant in (mask, mask.astype(np.uint8), column_major):
-      np.testing.assert_array_equal(segmentation.low_res_mask(variant, size), expected)
+      np.testing.assert_array_equal(mask_ops.low_res_mask(variant, size), expected)
     rle = mask_utils.encode(column_major)
-    np.testing.assert_array_equal(segmentation.low_res_mask_from_rle(rle, size), expected)
+    np.testing.assert_array_equal(mask_ops.low_res_mask_from_rle(rle, size), expected)
 
 
 def test_low_res_masks_from_runs_equal_the_decoded_masks_at_sa1b_size():
@@ -204,7 +205,7 @@ def test_low_res_masks_from_runs_equal_the_decoded_masks_at_sa1b_size():
   rng = np.random.default_rng(2)
   h, w = 1500, 2250
   anns = bench_data.random_masks(rng, h, w, 12)
-  rles = [segmentation.to_rle(a["segmentation"], h, w) for a in anns]
+  rles = [mask_ops.to_rle(a["segmentation"], h, w) for a in anns]
   columns = np.zeros((h, w), np.uint8)
   columns[:, 300:1700] = 1
   columns[:700, 1700] = 1  # a run from whole columns into a partial one
@@ -212,8 +213,8 @@ def test_low_res_masks_from_runs_equal_the_decoded_masks_at_sa1b_size():
   for mask in (columns, np.zeros((h, w), np.uint8), np.ones((h, w), np.uint8)):
     rles.append(mask_utils.encode(np.asfortranarray(mask)))
   for rle in rles:
-    np.testing.assert_array_equal(segmentation.low_res_mask_from_rle(rle, 256),
-                                  segmentation.low_res_mask(mask_utils.decode(rle), 256))
+    np.testing.assert_array_equal(mask_ops.low_res_mask_from_rle(rle, 256),
+                                  mask_ops.low_res_mask(mask_utils.decode(rle), 256))
 
 
 def test_boxes_from_runs_equal_the_decoded_masks_boxes():
@@ -224,4 +225,4 @@ def test_boxes_from_runs_equal_the_decoded_masks_boxes():
     mask[y0:y0 + rng.integers(1, 10), x0:x0 + rng.integers(1, 10)] = 1
     mask[rng.integers(0, 90), rng.integers(0, 130)] = 1
     rle = mask_utils.encode(np.asfortranarray(mask))
-    np.testing.assert_array_equal(segmentation.rle_box(rle), segmentation.tight_box(mask > 0))
+    np.testing.assert_array_equal(mask_ops.rle_box(rle), mask_ops.tight_box(mask > 0))

@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from efficientsam_jax.data import segmentation
+from efficientsam_jax.data import masks as mask_ops
 from efficientsam_jax.errors import UserError
 from efficientsam_jax.evaluation import annotations, clicks
 
@@ -116,5 +116,5 @@ def instances(record, height: int, width: int, box_source: str = "annotation"):
       skipped += 1
       continue
     masks.append(mask)
-    boxes.append(box if box_source == "annotation" else segmentation.tight_box(mask))
+    boxes.append(box if box_source == "annotation" else mask_ops.tight_box(mask))
   return masks, np.array(boxes, np.float32).reshape(-1, 4), skipped
