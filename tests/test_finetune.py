@@ -162,7 +162,12 @@ def _sami_workdir(path, depth=12):
                             sami_model.DecoderConfig(width=32, depth=1, num_heads=2),
                             target_dim=256)
   ids = masking.random_masking(jax.random.key(0), 1, 4, 1)
-  params = student.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), *ids)["params"]
+  # Any values do (the tests compare arrays): drawn from the shapes with numpy, as eager
+  # initialisation of 12 blocks takes ~18 s.
+  shapes = jax.eval_shape(lambda rng: student.init(rng, jnp.zeros((1, 32, 32, 3)), *ids),
+                          jax.random.key(1))["params"]
+  rng = np.random.default_rng(depth)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.02, s.shape).astype(s.dtype), shapes)
   manager = checkpoints.TrainCheckpoints(str(path), async_save=False)
   manager.save(3, params, {"count": jnp.zeros(())})
   manager.close()

@@ -104,7 +104,7 @@ class EfficientSamTask(loop.Task):
     if not path:
       return None
     if model_files.workdir_trainer(path) not in (None, "efficientsam"):
-      return self._pretrained_encoder(path)
+      return self._pretrained_encoder(path, abstract_params)
     try:
       loaded = model_files.load(path)
     except UserError as e:
@@ -135,12 +135,13 @@ class EfficientSamTask(loop.Task):
     sections = result if len(names) > 1 else {names[0]: result}
     return {f"{name}_miou": sections[name]["miou"] for name in names}
 
-  def _pretrained_encoder(self, path: str):
+  def _pretrained_encoder(self, path: str, abstract_params=None):
     """Fresh parameters from config.seed with the image encoder of a pretraining (or
     classification) workdir in place (its neck too if it has one)."""
-    fresh = jax.device_get(jax.jit(self.init_params)(jax.random.key(self.config.seed)))
-    try:
-      encoder = model_files.encoder_params(path, fresh["image_encoder"])
+    key = jax.random.key(self.config.seed)
+    abstract = abstract_params or jax.eval_shape(self.init_params, key)
+    try:  # read and checked against the shapes first: a misfit is reported before compiling
+      encoder = model_files.encoder_params(path, abstract["image_encoder"])
     except UserError as e:
       try:  # name what the workdir holds, as a released model's misfit does
         held = f" holds {model_files.load_workdir(path).name}:"
@@ -148,6 +149,16 @@ class EfficientSamTask(loop.Task):
         held = ":"
       raise UserError(f"config.init_from {path}{held} its image encoder does not fit "
                       f"{self.model_config.name} as configured: {e}") from None
+
+    def fresh_parts(rng):
+      # Only what the workdir does not hold: XLA then drops the encoder's random draws (half
+      # of this compile), and each parameter's draw depends on its own path, not on the rest.
+      params = self.init_params(rng)
+      params["image_encoder"] = {k: v for k, v in params["image_encoder"].items()
+                                 if k not in encoder}
+      return params
+
+    fresh = jax.device_get(jax.jit(fresh_parts)(key))
     fresh["image_encoder"] = {**fresh["image_encoder"], **encoder}
     logging.info("initialised the image encoder from %s (%s workdir; %s fresh)", path,
                  model_files.workdir_trainer(path),
