@@ -39,9 +39,11 @@ def efficientsam_from_encoder(encoder, seed: int = 0, source: str = "") -> model
     raise UserError(f"{where}: encoder has {depth} blocks; released EfficientSAM encoders "
                     "have 12")
   name = names[width]
+  trained = [f"image_encoder/{k}" for k in encoder]
   params = efficient_sam.FAMILY.init_params(
-      efficient_sam.FAMILY.config(name, image_size=_INIT_SIZE), seed)
-  params["image_encoder"] = {**params["image_encoder"], **encoder}
+      efficient_sam.FAMILY.config(name, image_size=_INIT_SIZE), seed,
+      keep=lambda path: not any(path == t or path.startswith(t + "/") for t in trained))
+  params["image_encoder"] = {**params.get("image_encoder", {}), **encoder}
   fresh = ("prompt encoder and mask decoder" if "neck_0" in encoder
            else "neck, prompt encoder and mask decoder")
   logging.info("%s: %s with the trained encoder; %s freshly initialised", where, name, fresh)
@@ -66,8 +68,9 @@ def mobile_sam_from_encoder(encoder, teacher_checkpoint: str | None = None, seed
   where = source or "distillation workdir"
   teacher = _whole_sam_params(teacher_checkpoint)
   if teacher is None:
-    teacher = sam_family.init_params(sam_family.config("mobile_sam", image_size=_INIT_SIZE),
-                                     seed)
+    teacher = sam_family.init_params(
+        sam_family.config("mobile_sam", image_size=_INIT_SIZE), seed,
+        keep=lambda path: not path.startswith("image_encoder/"))  # the decoder's parts only
     logging.info("%s: mobile_sam with the distilled encoder; prompt encoder and mask decoder "
                  "freshly initialised (the teacher file is not a whole SAM)", where)
   else:
