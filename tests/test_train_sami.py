@@ -6,13 +6,16 @@ import os
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 
 import pytest
 
+from conftest import require_module
 from sami_runs import REPO, checkpoint_steps, env, losses as _losses, popen, run as _run
+
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
@@ -31,6 +34,38 @@ def test_reference_run_writes_outputs_and_loss_falls(reference_run):
                                                                      "tensorboard")))
   with open(os.path.join(reference_run, "metrics.jsonl")) as f:
     assert "steps_per_sec" in json.loads(f.readlines()[-1])
+
+
+_WRITE_EVENTS = """
+import sys
+from efficientsam_jax.train import metrics
+writer = metrics.MetricWriter(sys.argv[1], total_steps=2)
+writer.write(1, {"loss": 0.5})
+writer.write(2, {"loss": 0.25})
+writer.close()
+print("torch imported:", "torch" in sys.modules)
+import torch  # still importable afterwards
+print("then:", torch.__name__)
+"""
+
+
+def test_event_files_are_written_without_importing_torch(tmp_path):
+  """tensorboardX imports torch when installed (2 s per training process); the metric writer
+  keeps it out, and the event file still holds the scalars."""
+  require_module("torch")
+  proc = subprocess.run([sys.executable, "-c", _WRITE_EVENTS, str(tmp_path)], env=env(1),
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[:2] == ["torch imported: False", "then: torch"]
+  from tensorboardX.proto import event_pb2
+  (name,) = os.listdir(tmp_path / "tensorboard")
+  data, at, scalars = (tmp_path / "tensorboard" / name).read_bytes(), 0, []
+  while at < len(data):  # TFRecord framing: length, its CRC, the event, its CRC
+    (length,) = struct.unpack_from("<Q", data, at)
+    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+    scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    at += 12 + length + 4
+  assert (1, "loss", 0.5) in scalars and (2, "loss", 0.25) in scalars
 
 
 def test_sigkill_after_first_checkpoint_then_restart_logs_identical_losses(reference_run,

@@ -343,7 +343,7 @@ def _train(config, workdir: str, task: Task, preemption) -> dict:
   # Every process compiled alone; they meet here, at a barrier of the job's coordination
   # service (no time limit that matters), so that they reach the first step's collectives
   # together: Gloo's CPU collectives give up when one process arrives 30 s after another
-  # (process 0 alone also opens the metric files, and tensorboardX imports torch).
+  # (process 0 alone also opens the metric files).
   checkpoints_lib.wait_for_all_processes("start of training")
   replicated = sharding.replicated(mesh)
   pending = None  # (step, device metrics): fetched one step late so the device never waits

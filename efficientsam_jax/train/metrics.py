@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -84,6 +85,24 @@ class _BucketTensorBoard:
       self._stage.__exit__(None, None, None)
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet.
+
+  tensorboardX imports torch when it is installed, only to accept torch tensors (which this
+  project never logs): 2 s of CPU and hundreds of MB in every training process's first
+  process. A None entry in sys.modules makes that optional import fail as if torch were
+  absent; it is removed again, so a later `import torch` in this process works."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Appends one JSON object per logged step; on resume, drops steps after the checkpoint so
   the file reads as one uninterrupted run."""
@@ -101,7 +120,7 @@ class MetricWriter:
       return
     self._truncate_after(resumed_step)
     try:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer_class()
     except ImportError:
       logging.warning("tensorboardX is not installed: no TensorBoard event files")
       return
