@@ -44,6 +44,20 @@ def losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in records}
 
 
+def event_scalars(event_file: bytes) -> list[tuple[int, str, float]]:
+  """(step, tag, value) of every scalar in a TensorBoard event file (TFRecord framing:
+  length, its CRC, the event, its CRC)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  found, at = [], 0
+  while at < len(event_file):
+    (length,) = struct.unpack_from("<Q", event_file, at)
+    event = event_pb2.Event.FromString(event_file[at + 12:at + 12 + length])
+    at += 12 + length + 4
+    found += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+  return found
+
+
 def checkpoint_steps(workdir) -> list[int]:
   """Steps of the complete checkpoints (local: renamed into place; gs://: committed)."""
   from efficientsam_jax.io import paths

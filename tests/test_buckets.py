@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import require_module
-from sami_runs import REPO, env, losses, random_model, run
+from sami_runs import REPO, env, event_scalars, losses, random_model, run
 
 FT_SMOKE = "configs/efficientsam_vitt.py:demo,smoke"
 
@@ -168,19 +168,6 @@ def test_read_only_bucket_is_one_line_permission_error(bucket, read_only_gcs, fi
   _one_error_line(convert, "convert", "permission denied")
 
 
-def _scalars(event_file: bytes) -> list[tuple[int, str, float]]:
-  """(step, tag, value) of every scalar in a TensorBoard event file (TFRecord framing)."""
-  import struct
-  from tensorboardX.proto import event_pb2
-  found, at = [], 0
-  while at < len(event_file):
-    (length,) = struct.unpack_from("<Q", event_file, at)
-    event = event_pb2.Event.FromString(event_file[at + 12:at + 12 + length])
-    at += 12 + length + 4
-    found += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-  return found
-
-
 def test_metrics_and_event_files_in_a_bucket_are_whole_rolled_and_cut_back(bucket,
                                                                            monkeypatch):
   """Nothing is appended in a bucket: metrics.jsonl is rewritten whole, event files are
@@ -198,7 +185,7 @@ def test_metrics_and_event_files_in_a_bucket_are_whole_rolled_and_cut_back(bucke
   assert [json.loads(l)["step"] for l in lines] == list(range(1, 31))
   events = [n for n in paths.list_dir(f"{workdir}/tensorboard") if "tfevents" in n]
   assert len(events) >= 3  # rolled
-  losses_logged = sorted((step, value) for name in events for step, tag, value in _scalars(
+  losses_logged = sorted((step, value) for name in events for step, tag, value in event_scalars(
       paths.read_bytes(f"{workdir}/tensorboard/{name}")) if tag == "loss")
   assert losses_logged == [(s, pytest.approx(1.0 / s)) for s in range(1, 31)]
   resumed = metrics.MetricWriter(workdir, total_steps=30, resumed_step=10)

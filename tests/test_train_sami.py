@@ -6,7 +6,6 @@ import os
 import resource
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -14,7 +13,8 @@ import time
 import pytest
 
 from conftest import require_module
-from sami_runs import REPO, checkpoint_steps, env, losses as _losses, popen, run as _run
+from sami_runs import (REPO, checkpoint_steps, env, event_scalars, losses as _losses, popen,
+                        run as _run)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,8 @@ def test_event_files_are_written_without_importing_torch(tmp_path):
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split("\n")[:2] == ["torch imported: False", "then: torch"]
-  from tensorboardX.proto import event_pb2
   (name,) = os.listdir(tmp_path / "tensorboard")
-  data, at, scalars = (tmp_path / "tensorboard" / name).read_bytes(), 0, []
-  while at < len(data):  # TFRecord framing: length, its CRC, the event, its CRC
-    (length,) = struct.unpack_from("<Q", data, at)
-    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
-    scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-    at += 12 + length + 4
+  scalars = event_scalars((tmp_path / "tensorboard" / name).read_bytes())
   assert (1, "loss", 0.5) in scalars and (2, "loss", 0.25) in scalars
 
 
