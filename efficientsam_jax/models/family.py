@@ -25,7 +25,7 @@ on the family (inference/predictor.py):
 """
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -139,6 +139,13 @@ class ModelFamily:
       return traverse_util.unflatten_dict({k: v for k, v in flat.items() if keep(k)}, sep="/")
 
     return jax.tree.map(np.asarray, jax.jit(init)(jax.random.key(seed)))
+
+  @staticmethod
+  def all_but(held) -> Callable[[str], bool]:
+    """The `keep` of init_params for the parameters not held: not `held` paths ('/'-joined)
+    nor anything under them."""
+    held = tuple(held)
+    return lambda path: not any(path == h or path.startswith(h + "/") for h in held)
 
   def buffer_paths(self, params) -> list[str]:
     flat = traverse_util.flatten_dict(params, sep="/")

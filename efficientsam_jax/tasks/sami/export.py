@@ -39,10 +39,9 @@ def efficientsam_from_encoder(encoder, seed: int = 0, source: str = "") -> model
     raise UserError(f"{where}: encoder has {depth} blocks; released EfficientSAM encoders "
                     "have 12")
   name = names[width]
-  trained = [f"image_encoder/{k}" for k in encoder]
   params = efficient_sam.FAMILY.init_params(
       efficient_sam.FAMILY.config(name, image_size=_INIT_SIZE), seed,
-      keep=lambda path: not any(path == t or path.startswith(t + "/") for t in trained))
+      keep=efficient_sam.FAMILY.all_but(f"image_encoder/{k}" for k in encoder))
   params["image_encoder"] = {**params.get("image_encoder", {}), **encoder}
   fresh = ("prompt encoder and mask decoder" if "neck_0" in encoder
            else "neck, prompt encoder and mask decoder")
@@ -70,7 +69,7 @@ def mobile_sam_from_encoder(encoder, teacher_checkpoint: str | None = None, seed
   if teacher is None:
     teacher = sam_family.init_params(
         sam_family.config("mobile_sam", image_size=_INIT_SIZE), seed,
-        keep=lambda path: not path.startswith("image_encoder/"))  # the decoder's parts only
+        keep=sam_family.all_but(["image_encoder"]))
     logging.info("%s: mobile_sam with the distilled encoder; prompt encoder and mask decoder "
                  "freshly initialised (the teacher file is not a whole SAM)", where)
   else:
