@@ -61,8 +61,8 @@ def finetuned(store, coco, init_pt):
              f"--config.data.annotations={annotations}", f"--config.init_from={init_pt}",
              # Evaluation during training reads its COCO set from the bucket too (the training
              # images here: this checks the reading, not generalisation).
-             # The smoke's own 20 steps: the same compiled step as tests/test_finetune.py's.
              f"--config.eval.images={images}", f"--config.eval.annotations={annotations}",
+             # The smoke's own 20 steps: the same compiled step as tests/test_finetune.py's.
              config=FT_SMOKE)
   assert f"initialised from {init_pt}" in proc.stderr
   from efficientsam_jax.io import paths
