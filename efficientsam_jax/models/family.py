@@ -140,6 +140,15 @@ class ModelFamily:
 
     return jax.tree.map(np.asarray, jax.jit(init)(jax.random.key(seed)))
 
+  def init_around_encoder(self, config: ModelConfig, encoder: Mapping[str, Any],
+                          seed: int = 0) -> dict:
+    """Parameters of `config` with `encoder`'s entries as (part of) its image_encoder and the
+    rest freshly initialised: init_params's values, only the rest drawn."""
+    params = self.init_params(config, seed,
+                              keep=self.all_but(f"image_encoder/{k}" for k in encoder))
+    params["image_encoder"] = {**params.get("image_encoder", {}), **encoder}
+    return params
+
   @staticmethod
   def all_but(held) -> Callable[[str], bool]:
     """The `keep` of init_params for the parameters not held: not `held` paths ('/'-joined)

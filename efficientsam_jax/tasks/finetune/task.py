@@ -149,17 +149,14 @@ class EfficientSamTask(loop.Task):
         held = ":"
       raise UserError(f"config.init_from {path}{held} its image encoder does not fit "
                       f"{self.model_config.name} as configured: {e}") from None
-    # Only what the workdir does not hold (the values init_params gives them: a parameter's
-    # draw depends on its own path), which compiles in half the time.
-    family = efficient_sam.FAMILY
-    fresh = family.init_params(self.model_config, self.config.seed,
-                               keep=family.all_but(f"image_encoder/{k}" for k in encoder))
-    fresh["image_encoder"] = {**fresh.get("image_encoder", {}), **encoder}
+    # Only what the workdir does not hold is initialised, which compiles in half the time.
+    params = efficient_sam.FAMILY.init_around_encoder(self.model_config, encoder,
+                                                      self.config.seed)
     logging.info("initialised the image encoder from %s (%s workdir; %s fresh)", path,
                  model_files.workdir_trainer(path),
                  "prompt encoder and mask decoder" if "neck_0" in encoder
                  else "neck, prompt encoder and mask decoder")
-    return fresh
+    return params
 
   def loss_fn(self, params, teacher, batch, rng):
     """Loss of one batch (see batch_spec); metrics of the first and the last prompt round."""

@@ -39,10 +39,8 @@ def efficientsam_from_encoder(encoder, seed: int = 0, source: str = "") -> model
     raise UserError(f"{where}: encoder has {depth} blocks; released EfficientSAM encoders "
                     "have 12")
   name = names[width]
-  params = efficient_sam.FAMILY.init_params(
-      efficient_sam.FAMILY.config(name, image_size=_INIT_SIZE), seed,
-      keep=efficient_sam.FAMILY.all_but(f"image_encoder/{k}" for k in encoder))
-  params["image_encoder"] = {**params.get("image_encoder", {}), **encoder}
+  params = efficient_sam.FAMILY.init_around_encoder(
+      efficient_sam.FAMILY.config(name, image_size=_INIT_SIZE), encoder, seed)
   fresh = ("prompt encoder and mask decoder" if "neck_0" in encoder
            else "neck, prompt encoder and mask decoder")
   logging.info("%s: %s with the trained encoder; %s freshly initialised", where, name, fresh)
