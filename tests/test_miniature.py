@@ -71,10 +71,10 @@ def test_scenes_are_deterministic_disjoint_and_varied():
   assert set(labels) == set(range(len(scenes.VARIED_KINDS)))
 
 
-def _run_quick(workdir):
+def _run_quick(workdir, *flags):
   proc = subprocess.run(
       [sys.executable, "-m", "efficientsam_jax.experiments.miniature", f"--workdir={workdir}",
-       "--quick"], env=env(1), cwd=REPO, capture_output=True, text=True, timeout=900)
+       "--quick", *flags], env=env(1), cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "results.json")) as f:
     return json.load(f), proc
@@ -83,7 +83,7 @@ def _run_quick(workdir):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("miniature"))
-  results, _ = _run_quick(workdir)
+  results, _ = _run_quick(workdir)  # two stages at a time (the default --jobs)
   return workdir, results
 
 
@@ -113,9 +113,10 @@ def test_quick_miniature_writes_results_and_the_figure(quick):
 
 def test_quick_miniature_resumes_without_retraining(quick):
   workdir, results = quick
-  again, proc = _run_quick(workdir)
+  again, proc = _run_quick(workdir, "--jobs=1")  # and finds the same stages in one process
   assert again["arms"] == results["arms"] and again["teacher"] == results["teacher"]
   assert "training" not in proc.stderr  # every stage was done
+  assert (results["jobs"], again["jobs"]) == (2, 1)
 
 
 def test_an_efficientsam_workdir_teaches_sami(quick):

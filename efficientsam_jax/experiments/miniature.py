@@ -10,7 +10,9 @@ MAE and SAMI students on a small labelled subset with identical settings, and sc
 box and 1-click mIoU on held-out images, box mIoU on a held-out drawing style, and top-1 of
 classification finetuning; for every seed of configs/miniature.py. Writes DIR/results.json
 (per arm the mean and std over seeds of each metric) and DIR/miniature.png; running the same
-command again resumes where it stopped. --quick: every stage shrunk to seconds (the tests).
+command again resumes where it stopped. --jobs (default 2): stages run at once, each in a
+process of its own, a stage as soon as those it needs are done. --quick: every stage shrunk
+to seconds (the tests).
 """
 import logging as std_logging
 import os
@@ -29,6 +31,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant
 flags.DEFINE_string("workdir", None, "Where every stage, results.json and the figure go.")
 flags.DEFINE_bool("quick", False, "Every stage shrunk to seconds, one seed (= the config's "
                   "`quick` variant).")
+flags.DEFINE_integer("jobs", 2, "Stages run at once, each in a process of its own (one such "
+                     "process keeps about one CPU core busy); 1: every stage in this process, "
+                     "one after another.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -52,13 +57,15 @@ def main(argv):
 
   if FLAGS.config is not None and FLAGS.quick:
     raise UserError("--quick picks configs/miniature.py:quick; with --config, add :quick to it")
+  if FLAGS.jobs < 1:
+    raise UserError(f"--jobs must be at least 1, got {FLAGS.jobs}")
   config = FLAGS.config if FLAGS.config is not None else load_default(FLAGS.quick)
   workdir = FLAGS.workdir
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise UserError(f"--workdir {workdir}: {e.strerror}") from None
-  raw = paper.run(config, workdir)
+  raw = paper.run(config, workdir, FLAGS.jobs)
   results = report.summarise(raw, config)
   path = os.path.join(workdir, "results.json")
   report.write_json(results, path)
@@ -68,7 +75,7 @@ def main(argv):
   for arm, metrics in results["arms"].items():
     print(arm, " ".join(f"{m} {s['mean']:.4f}+-{s['std']:.4f}" for m, s in metrics.items()))
   print(f"teacher {results['teacher']}; {results['total_wall_s']:.0f} s wall, "
-        f"{results['total_cpu_s']:.0f} s CPU")
+        f"{results['total_cpu_s']:.0f} s CPU, {FLAGS.jobs} stage(s) at a time")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ DIR/
 """
 import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import time
+from concurrent import futures
 
 import jax
 from absl import logging
@@ -154,38 +156,105 @@ def stage_configs(config, seed: int, splits: dict, teacher_dir: str, workdir: st
   return out
 
 
-def run(config, workdir: str) -> dict:
-  """Runs (or resumes) every stage; returns the raw results: the teacher's scores, per seed
-  and arm the segmentation scores and top-1, and the clock."""
-  if config.eval_split not in ("val", "test"):
-    raise ValueError(f"eval_split must be 'val' or 'test', got {config.eval_split!r}")
-  os.makedirs(workdir, exist_ok=True)
+def stage_plan(config) -> dict:
+  """{stage: the stages it needs}, in the order the scheduler prefers them: the teacher, then
+  what waits for it (SAMI, then its finetunings), then the rest. 'teacher' or 'seed_S/NAME'
+  (NAME a key of stage_configs)."""
+  seeds = list(config.seeds)
+  plan = {"teacher": ()}
+  for seed in seeds:
+    plan[f"seed_{seed}/sami"] = ("teacher",)
+  for arm in ("sami", "mae", "scratch"):
+    for seed in seeds:
+      if arm == "mae":
+        plan[f"seed_{seed}/mae"] = ()
+      needs = () if arm == "scratch" else (f"seed_{seed}/{arm}",)
+      plan[f"seed_{seed}/segment_{arm}"] = needs
+      plan[f"seed_{seed}/classify_{arm}"] = needs
+  return plan
+
+
+def run_stage(config, workdir: str, name: str) -> dict:
+  """Trains (or finds done) one stage of stage_plan and scores it: {"result": scores (the
+  teacher's and segmentation stages') | top-1 (classification) | None, "clock": ...}."""
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   clock = Clock()
-  with clock.stage("data"):
-    splits = write_data(config, os.path.join(workdir, "data"))
-  teacher = config.teacher.copy_and_resolve_references()
-  teacher.data.update(source="sa1b", path=splits["pool"])
+  splits = write_data(config, os.path.join(workdir, "data"))
   teacher_dir = os.path.join(workdir, "teacher")
-  with clock.stage("teacher"):
-    train_stage(teacher, teacher_dir)
-    teacher_scores = segmentation_scores(teacher_dir, splits, config.eval_split)
-  logging.info("miniature: teacher %s", teacher_scores)
+  with clock.stage(name):
+    if name == "teacher":
+      teacher = config.teacher.copy_and_resolve_references()
+      teacher.data.update(source="sa1b", path=splits["pool"])
+      train_stage(teacher, teacher_dir)
+      result = segmentation_scores(teacher_dir, splits, config.eval_split)
+    else:
+      seed_name, stage = name.split("/")
+      stages = stage_configs(config, int(seed_name[len("seed_"):]), splits, teacher_dir,
+                             os.path.join(workdir, seed_name))
+      stage_config, stage_dir = stages[stage]
+      train_stage(stage_config, stage_dir)
+      result = None
+      if stage.startswith("segment_"):
+        result = segmentation_scores(stage_dir, splits, config.eval_split)
+      elif stage.startswith("classify_"):
+        result = classification_top1(stage_dir)
+  return {"result": result, "clock": clock.stages[name]}
+
+
+def _run_stage_in_child(config, workdir: str, name: str) -> dict:
+  logging.set_verbosity(logging.INFO)  # a spawned process has not parsed the flags
+  return run_stage(config, workdir, name)
+
+
+def run_all(config, workdir: str, jobs: int) -> dict:
+  """{stage: run_stage's record} of every stage of stage_plan; with jobs > 1 that many stages
+  at once, each in a process of its own, a stage as soon as the stages it needs are done."""
+  plan = stage_plan(config)
+  if jobs == 1:
+    return {name: run_stage(config, workdir, name) for name in plan}
+  done, running = {}, {}
+  context = multiprocessing.get_context("spawn")  # a fork of a process that runs JAX may hang
+  with futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    while len(done) < len(plan):
+      for name, needs in plan.items():
+        if (len(running) < jobs and name not in done and name not in running.values()
+            and all(n in done for n in needs)):
+          running[pool.submit(_run_stage_in_child, config, workdir, name)] = name
+      finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+      for future in finished:
+        done[running.pop(future)] = future.result()  # a failed stage ends the experiment
+  return {name: done[name] for name in plan}
+
+
+def run(config, workdir: str, jobs: int = 1) -> dict:
+  """Runs (or resumes) every stage, `jobs` at a time; returns the raw results: the teacher's
+  scores, per seed and arm the segmentation scores and top-1, the clock per stage and in
+  all."""
+  if config.eval_split not in ("val", "test"):
+    raise ValueError(f"eval_split must be 'val' or 'test', got {config.eval_split!r}")
+  os.makedirs(workdir, exist_ok=True)
+  wall, cpu = time.perf_counter(), cpu_seconds()
+  clock = Clock()
+  with clock.stage("data"):
+    write_data(config, os.path.join(workdir, "data"))
+  records = run_all(config, workdir, jobs)
+  logging.info("miniature: teacher %s", records["teacher"]["result"])
   per_seed = {}
   for seed in config.seeds:
-    stages = stage_configs(config, seed, splits, teacher_dir,
-                           os.path.join(workdir, f"seed_{seed}"))
     results = {arm: {} for arm in ARMS}
-    for name, (stage_config, stage_dir) in stages.items():
-      with clock.stage(f"seed_{seed}/{name}"):
-        train_stage(stage_config, stage_dir)
-        if name.startswith("segment_"):
-          results[name[len("segment_"):]].update(
-              segmentation_scores(stage_dir, splits, config.eval_split))
-        elif name.startswith("classify_"):
-          results[name[len("classify_"):]]["top1"] = classification_top1(stage_dir)
+    for name, record in records.items():
+      if not name.startswith(f"seed_{seed}/"):
+        continue
+      stage = name.split("/")[1]
+      if stage.startswith("segment_"):
+        results[stage[len("segment_"):]].update(record["result"])
+      elif stage.startswith("classify_"):
+        results[stage[len("classify_"):]]["top1"] = record["result"]
     logging.info("miniature: seed %d %s", seed, results)
     per_seed[seed] = results
-  return {"teacher": teacher_scores, "per_seed": per_seed, "clock": clock.stages,
-          "workdirs": {name: os.path.relpath(d, workdir) for name, (_, d) in stages.items()}}
+  stages = {**clock.stages, **{name: record["clock"] for name, record in records.items()}}
+  # The processes of a pool are reaped when it closes, so their CPU time is counted here.
+  return {"teacher": records["teacher"]["result"], "per_seed": per_seed, "clock": stages,
+          "wall_s": round(time.perf_counter() - wall, 1),
+          "cpu_s": round(cpu_seconds() - cpu, 1), "jobs": jobs}
