@@ -1,7 +1,8 @@
-"""The stages of the miniature experiment (configs/miniature.py says what each one is), run in
-this process with the project's own trainers and evaluation, and resumable: a stage that
-finished (its `done.json`) is not run again, a stage that was cut short resumes from its
-checkpoint, so the same command continues an interrupted experiment.
+"""The stages of the miniature experiment (configs/miniature.py says what each one is), run
+with the project's own trainers and evaluation, in this process or several at once in
+processes of their own (`run(jobs=...)`), and resumable: a stage that finished (its
+`done.json`) is not run again, a stage that was cut short resumes from its checkpoint, so the
+same command continues an interrupted experiment.
 
 DIR/
   data/{pool,labelled,val,test,heldout}/   generated scenes, SA-1B layout (+ instances.json)
