@@ -169,6 +169,13 @@ class _LibraryLogFilter(std_logging.Filter):
     return True
 
 
+def quiet_libraries(level: int) -> None:
+  """Shows other libraries' log records from `level` up only, in one line each (the package's
+  own records all), as the tools do without --verbosity; for processes a tool spawns too."""
+  logging.use_absl_handler()
+  logging.get_absl_handler().addFilter(_LibraryLogFilter(level))
+
+
 def _quiet_closed_loop_callbacks(hook):
   """An unraisablehook that drops "Event loop is closed" from library callbacks: after a
   failed Orbax write (a full disk), tensorstore completes each pending write into Orbax's
@@ -210,7 +217,7 @@ def run(main, program: str, *, library_level: int = std_logging.ERROR,
 
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:
-      logging.get_absl_handler().addFilter(_LibraryLogFilter(library_level))
+      quiet_libraries(library_level)
       sys.unraisablehook = _quiet_closed_loop_callbacks(sys.unraisablehook)
     if keep_host_memory:
       keep_freed_host_memory()

@@ -14,6 +14,7 @@ DIR/
 """
 import contextlib
 import json
+import logging as std_logging
 import multiprocessing
 import os
 import resource
@@ -23,6 +24,7 @@ from concurrent import futures
 import jax
 from absl import logging
 
+from efficientsam_jax import cli
 from efficientsam_jax.data import demo_sa1b, segmentation
 from efficientsam_jax.evaluation import annotations, runner
 from efficientsam_jax.inference import Predictor
@@ -204,7 +206,9 @@ def run_stage(config, workdir: str, name: str) -> dict:
 
 
 def _run_stage_in_child(config, workdir: str, name: str) -> dict:
-  logging.set_verbosity(logging.INFO)  # a spawned process has not parsed the flags
+  # A spawned process has not parsed the flags: the stage logs as the miniature command does.
+  logging.set_verbosity(logging.INFO)
+  cli.quiet_libraries(std_logging.WARNING)
   return run_stage(config, workdir, name)
 
 
